@@ -1,0 +1,38 @@
+"""Shared test fixtures: the COCO person data (skipped when absent) and PyTorch (optional)."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root():
+    """The COCO person subset: $TINYSEG_DATA, else ../shared/data/coco_person next to the repo."""
+    env = os.environ.get("TINYSEG_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data" / "coco_person")
+    for c in candidates:
+        if (c / "annotations").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture
+def coco_root():
+    root = data_root()
+    if root is None:
+        pytest.skip("COCO person data not found: set TINYSEG_DATA to a COCO-format directory "
+                    "(see README, 'Data')")
+    return root
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch", reason="PyTorch not installed (optional: pip install torch==2.13.0)")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

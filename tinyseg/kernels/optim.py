@@ -1,0 +1,21 @@
+"""RMSprop update kernel (numba).  Equations: tinyseg.reference.optim."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay):
+    """One RMSprop step in place on ``param`` and ``square_avg`` (see the reference twin).
+
+    The three arrays must be 1-D, contiguous, of one dtype: callers pass ``a.reshape(-1)``
+    views of contiguous parameters (one compiled version per dtype, not per rank).
+    """
+    for i in prange(param.shape[0]):
+        g = grad[i]
+        if weight_decay != 0.0:
+            g = g + weight_decay * param[i]
+        square_avg[i] = alpha * square_avg[i] + (1.0 - alpha) * g * g
+        v = square_avg[i]                 # the stored (dtype-rounded) value, as the reference
+        param[i] = param[i] - lr * (g / (np.sqrt(v) + eps))

@@ -1,0 +1,53 @@
+"""Max pooling (window ``k × k``, stride ``k``): numba kernels.
+
+Twins of ``tinyseg.reference.pool``; the equations, the ``int8`` arg-max encoding
+(``a = r·k + s``, position inside the window, row-major) and the tie / NaN rule (first
+maximum wins, NaN beats numbers, as in PyTorch) are described there.  One ``prange``
+iteration per ``(n, c)`` plane.  Requirements (the layer makes sure of them): ``k ≤ 11``,
+``x_shape`` a tuple of 4 ints, ``H, W ≥ k``; ``x`` and ``dout`` C-contiguous (another layout
+is still correct but compiles one more specialisation).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def maxpool2d_forward(x, k):
+    """``(y, argmax)``: ``y[n, c, i, j] = max_{r,s} x[n, c, i·k + r, j·k + s]``."""
+    n_, c_, h_, w_ = x.shape
+    ho, wo = h_ // k, w_ // k
+    y = np.empty((n_, c_, ho, wo), dtype=x.dtype)
+    argmax = np.empty((n_, c_, ho, wo), dtype=np.int8)
+    for p in prange(n_ * c_):
+        n = p // c_
+        c = p % c_
+        for i in range(ho):
+            for j in range(wo):
+                best = -np.inf
+                a = 0
+                for r in range(k):
+                    for s in range(k):
+                        v = x[n, c, i * k + r, j * k + s]
+                        if v > best or np.isnan(v):
+                            best = v
+                            a = r * k + s
+                y[n, c, i, j] = best
+                argmax[n, c, i, j] = a
+    return y, argmax
+
+
+@njit(cache=True, parallel=True)
+def maxpool2d_backward(dout, argmax, x_shape, k):
+    """``dx`` of shape ``x_shape``: ``dx[n, c, i·k + a // k, j·k + a % k] = dout[n, c, i, j]``."""
+    n_, c_, ho, wo = dout.shape
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    for p in prange(n_ * c_):
+        n = p // c_
+        c = p % c_
+        for i in range(ho):
+            for j in range(wo):
+                a = np.int64(argmax[n, c, i, j])
+                dx[n, c, i * k + a // k, j * k + a % k] = dout[n, c, i, j]
+    return dx

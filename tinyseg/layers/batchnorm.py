@@ -1,0 +1,127 @@
+"""Batch normalisation over the channels of an NCHW tensor, like ``torch.nn.BatchNorm2d``.
+
+Training mode (batch statistics over ``N, H, W``, ``M = N·H·W`` values per channel)::
+
+    μ_B = (1/M) Σ x,   σ²_B = (1/M) Σ (x − μ_B)²                 (biased: used to normalise)
+    y   = γ · (x − μ_B) · (σ²_B + ε)^−½ + β
+
+and the running statistics move towards the batch ones, with the *unbiased* variance::
+
+    running_mean ← (1 − m) · running_mean + m · μ_B
+    running_var  ← (1 − m) · running_var  + m · σ²_B · M / (M − 1)
+
+where ``m`` is ``momentum`` (or ``1 / num_batches_tracked`` when ``momentum=None``: a
+plain average over all batches seen, as in PyTorch).
+
+Eval mode uses the running statistics instead: ``y = γ · (x − running_mean) ·
+(running_var + ε)^−½ + β``, an affine map of ``x`` whose backward is
+``dx = dy · γ · (running_var + ε)^−½``.
+
+The training-mode kernels are in ``tinyseg.kernels.norm`` (equations and their backward
+in ``tinyseg.reference.norm``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.norm import batchnorm2d_backward, batchnorm2d_forward
+from .base import Layer, check_input
+
+
+class BatchNorm2d(Layer):
+    """``BatchNorm2d(num_features, eps=1e-5, momentum=0.1, dtype=np.float32)``.
+
+    Input and output ``(N, C, H, W)`` with ``C = num_features``, of the layer's dtype.
+
+    Parameters: ``weight`` γ (ones), ``bias`` β (zeros), both ``(C,)``.
+    Buffers: ``running_mean`` (zeros), ``running_var`` (ones), both ``(C,)`` in ``dtype``, and
+    ``num_batches_tracked`` (an int64 array of shape ``()``, counting training batches, as in
+    PyTorch, so PyTorch state dicts load with ``strict=True``).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 dtype=np.float32) -> None:
+        super().__init__()
+        if int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"BatchNorm2d: num_features must be a positive integer, "
+                             f"got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"BatchNorm2d: eps must be > 0, got {eps!r}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm2d: momentum must be in [0, 1] or None, got {momentum!r}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"BatchNorm2d: dtype must be float32 or float64, got {dtype}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.dtype = dtype
+        self.add_param("weight", np.ones(self.num_features, dtype=dtype))
+        self.add_param("bias", np.zeros(self.num_features, dtype=dtype))
+        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
+        self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        self._cache = None
+
+    def _check(self, x: np.ndarray) -> None:
+        check_input("BatchNorm2d", x, ndim=4, channels=self.num_features)
+        if x.dtype != self.dtype:
+            raise ValueError(f"BatchNorm2d: expected a {self.dtype} input (the layer's dtype), "
+                             f"got dtype {x.dtype} (shape {x.shape})")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check(x)
+        x = np.ascontiguousarray(x)
+        w, b = self.params["weight"], self.params["bias"]
+        if self.training:
+            n, _, h, wd = x.shape
+            m = n * h * wd
+            if m < 2:
+                raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when "
+                                 f"training, got input shape {x.shape}")
+            y, mean, invstd = batchnorm2d_forward(x, w, b, self.eps)
+            self._update_running(mean, invstd, m)
+            self._cache = ("train", x, mean, invstd)
+            return y
+        # eval: the affine map with the running statistics (plain NumPy)
+        mean = self.buffers["running_mean"].copy()
+        invstd = (1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
+                  ).astype(self.dtype)
+        self._cache = ("eval", x, mean, invstd)
+        return (x - mean[:, None, None]) * invstd[:, None, None] * w[:, None, None] \
+            + b[:, None, None]
+
+    def _update_running(self, mean: np.ndarray, invstd: np.ndarray, m: int) -> None:
+        nbt = self.buffers["num_batches_tracked"]
+        nbt += 1
+        momentum = 1.0 / float(nbt) if self.momentum is None else self.momentum
+        # the kernel returns invstd = (σ² + ε)^−½; recover the biased σ², then unbias it
+        var = 1.0 / np.square(invstd.astype(np.float64)) - self.eps
+        var_unbiased = var * (m / (m - 1))
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm[...] = (1.0 - momentum) * rm + momentum * mean.astype(np.float64)
+        rv[...] = (1.0 - momentum) * rv + momentum * var_unbiased
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        if self._cache is None:
+            raise ValueError("BatchNorm2d: backward called before forward")
+        mode, x, mean, invstd = self._cache
+        if not isinstance(dout, np.ndarray) or dout.shape != x.shape:
+            raise ValueError(f"BatchNorm2d: expected dout of shape {x.shape}, got shape "
+                             f"{getattr(dout, 'shape', type(dout).__name__)}")
+        dout = np.ascontiguousarray(dout, dtype=x.dtype)
+        w = self.params["weight"]
+        if mode == "train":
+            dx, dw, db = batchnorm2d_backward(dout, x, mean, invstd, w)
+        else:
+            xhat = (x - mean[:, None, None]) * invstd[:, None, None]
+            dw = np.sum(dout * xhat, axis=(0, 2, 3), dtype=np.float64)
+            db = np.sum(dout, axis=(0, 2, 3), dtype=np.float64)
+            dx = dout * (w * invstd)[:, None, None]
+        self.grads["weight"] += dw
+        self.grads["bias"] += db
+        return dx
+
+    def __repr__(self) -> str:
+        return (f"BatchNorm2d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"dtype={self.dtype})")

@@ -1,0 +1,243 @@
+"""tinyseg.data.cache: load_split builds, keys, reuses and reports the training-size cache."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tinyseg.data.cache as cache_mod
+from tinyseg.data.cache import (Dataset, channel_stats, default_cache_dir, load_split)
+from tinyseg.data.coco import FilterConfig, filter_images, load_coco, split_of, union_mask
+from tinyseg.data.errors import BadImageWarning, DataError
+from tinyseg.data.fixture import FakeImage, make_coco_dir, random_images
+from tinyseg.data.images import letterbox
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+# Every image keeps 1 person covering 25 % .. 55 %, so every one passes the default filters.
+KEEP = [FakeImage(persons=[(0, 0, 32, 24 + k % 4 * 6)]) for k in range(30)]
+
+
+def _listing(root: Path):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "data"
+    make_coco_dir(r, KEEP, seed=1)
+    return r
+
+
+def test_splits_shapes_and_dtypes(root, tmp_path):
+    cache = tmp_path / "cache"
+    seen = []
+    for split in ("train", "val", "test"):
+        ds = load_split(root, split, 32, cache_dir=cache, progress=False)
+        assert isinstance(ds, Dataset) and ds.split == split and ds.size == 32
+        assert ds.images.dtype == np.uint8 and ds.images.shape == (len(ds), 32, 32, 3)
+        assert ds.masks.dtype == np.uint8 and ds.masks.shape == (len(ds), 32, 32)
+        assert set(np.unique(ds.masks)) <= {0, 1}
+        assert ds.ids.dtype == np.int64 and list(ds.ids) == sorted(ds.ids)
+        assert all(split_of(i) == split for i in ds.ids)
+        assert ds.mean.dtype == np.float32 and ds.mean.shape == (3,)
+        assert ds.std.dtype == np.float32 and ds.std.shape == (3,)
+        assert ds.filters == FilterConfig() and len(ds.cache_key) == 64
+        assert ds.cache_path.is_file() and ds.cache_path.parent.parent == cache
+        assert "letterbox" in ds.resize_policy
+        assert [n for _, n in ds.steps] == [30, 30, 30, 30, 30]
+        seen.append(ds)
+    assert sum(len(d) for d in seen) == 30
+    # validation and test carry the *train* statistics
+    for d in seen[1:]:
+        np.testing.assert_array_equal(d.mean, seen[0].mean)
+        np.testing.assert_array_equal(d.std, seen[0].std)
+
+
+def test_mean_and_std_are_those_of_the_train_pictures(root, tmp_path):
+    ds = load_split(root, "train", 32, cache_dir=tmp_path / "c", progress=False)
+    pixels = np.concatenate([img[t:t + h, l:l + w].reshape(-1, 3)
+                             for img, (t, l, h, w) in zip(ds.images, ds.boxes)]) / 255.0
+    # float32 storage of float64 statistics: 1e-6 relative
+    np.testing.assert_allclose(ds.mean, pixels.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(ds.std, pixels.std(axis=0), rtol=1e-5)
+    m, s = channel_stats(ds.images, ds.boxes)
+    np.testing.assert_array_equal(m, ds.mean)
+
+
+def test_cached_masks_are_letterboxed_union_masks(root, tmp_path):
+    ds = load_split(root, "train", 40, cache_dir=tmp_path / "c", progress=False)
+    data = load_coco(root)
+    for k in range(3):
+        rec = data.records[int(ds.ids[k])]
+        expect, box = letterbox(union_mask(rec.anns, rec.height, rec.width), 40, nearest=True)
+        np.testing.assert_array_equal(ds.masks[k], expect)
+        assert tuple(ds.boxes[k]) == box
+
+
+def test_second_load_reads_the_cache(root, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    first = load_split(root, "val", 24, cache_dir=cache, progress=False)
+
+    def no_build(*a, **k):
+        raise AssertionError("the cache was rebuilt")
+
+    monkeypatch.setattr(cache_mod, "build_cache", no_build)
+    monkeypatch.setattr(cache_mod, "load_coco", no_build)  # the index spares the JSON too
+    again = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(again.images, first.images)
+    assert again.cache_key == first.cache_key
+
+
+def test_changes_of_size_filters_or_annotations_rebuild(root, tmp_path):
+    cache = tmp_path / "c"
+    a = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    b = load_split(root, "train", 28, cache_dir=cache, progress=False)
+    c = load_split(root, "train", 24, FilterConfig(max_coverage=0.9), cache_dir=cache,
+                   progress=False)
+    assert len({a.cache_key, b.cache_key, c.cache_key}) == 3
+    assert len({a.cache_path, b.cache_path, c.cache_path}) == 3
+    ann = root / "annotations" / "instances_train2017.json"
+    st = ann.stat()
+    os.utime(ann, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    d = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    assert d.cache_key != a.cache_key
+
+
+def test_images_arriving_later_rebuild_the_cache(root, tmp_path):
+    cache = tmp_path / "c"
+    path = sorted((root / "train2017").iterdir())[0]
+    image_id = int(path.stem)
+    aside = tmp_path / path.name
+    path.rename(aside)  # not downloaded yet
+    with pytest.warns(BadImageWarning, match="file not found"):
+        parts = [load_split(root, s, 16, cache_dir=cache, progress=False)
+                 for s in ("train", "val", "test")]
+    assert all(image_id not in p.ids for p in parts)
+    aside.rename(path)  # it arrives
+    parts = [load_split(root, s, 16, cache_dir=cache, progress=False)
+             for s in ("train", "val", "test")]
+    assert any(image_id in p.ids for p in parts) and not any(p.skipped for p in parts)
+
+
+def test_nothing_is_written_in_the_data_root(root, tmp_path):
+    before = _listing(root)
+    load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=False)
+    assert _listing(root) == before
+
+
+def test_cache_dir_from_environment(root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYSEG_CACHE", str(tmp_path / "envcache"))
+    assert default_cache_dir() == tmp_path / "envcache"
+    ds = load_split(root, "test", 16, progress=False)
+    assert str(ds.cache_path).startswith(str(tmp_path / "envcache"))
+    monkeypatch.delenv("TINYSEG_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "tinyseg"
+
+
+def test_interrupted_build_leaves_no_cache(root, tmp_path, monkeypatch):
+    cache = tmp_path / "c"
+    real = cache_mod.prepare_sample
+    calls = [0]
+
+    def flaky(*a, **k):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cache_mod, "prepare_sample", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        load_split(root, "train", 24, cache_dir=cache, progress=False)
+    assert not list(cache.rglob("*.npz")) and not list(cache.rglob("*.tmp"))
+    monkeypatch.setattr(cache_mod, "prepare_sample", real)
+    ds = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    assert len(ds) > 0 and not list(cache.rglob("*.tmp"))
+
+
+def test_bad_images_are_converted_or_skipped_counted_and_listed(root, tmp_path):
+    data = load_coco(root)
+    ids = data.ids()
+    path = {i: data.records[i].path for i in ids}
+    rgb = np.asarray(Image.open(path[ids[0]]).convert("RGB"))
+    # convertible: grayscale, CMYK, palette, 16-bit (saved under the .jpg name; Pillow
+    # reads by content)
+    Image.fromarray(rgb).convert("L").save(path[ids[0]], format="JPEG")
+    Image.fromarray(rgb).convert("CMYK").save(path[ids[1]], format="JPEG")
+    Image.fromarray(rgb).convert("P").save(path[ids[2]], format="PNG")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(path[ids[3]], format="PNG")
+    # unusable: truncated, junk, missing, wrong size
+    raw = path[ids[4]].read_bytes()
+    path[ids[4]].write_bytes(raw[: len(raw) // 3])
+    path[ids[5]].write_bytes(b"junk")
+    path[ids[6]].unlink()
+    Image.fromarray(rgb[:20]).save(path[ids[7]], format="JPEG")
+    bad = set(ids[4:8])
+    cache = tmp_path / "c"
+    with pytest.warns(BadImageWarning) as record:
+        parts = [load_split(root, s, 24, cache_dir=cache, progress=False)
+                 for s in ("train", "val", "test")]
+    msg = " ".join(str(w.message) for w in record)
+    assert "skipped 4 unreadable image(s)" in msg
+    for i in bad:
+        assert path[i].name in msg
+    assert "truncated" in msg and "not an image" in msg and "file not found" in msg
+    assert "differs from the annotation" in msg
+    kept = set().union(*(set(p.ids.tolist()) for p in parts))
+    assert kept == set(ids) - bad  # the converted ones are all there
+    skipped = [s["id"] for p in parts for s in p.skipped]
+    assert sorted(skipped) == sorted(bad)
+    # a later load from the cache reports them again
+    with pytest.warns(BadImageWarning, match="unreadable"):
+        load_split(root, "train", 24, cache_dir=cache, progress=False)
+
+
+def test_filter_leaving_nothing_is_a_data_error_with_counts(root, tmp_path):
+    with pytest.raises(DataError, match=r"leave no image: 30 images .* -> 0 person mask"):
+        load_split(root, "train", 24, FilterConfig(min_coverage=0.9, max_coverage=1.0),
+                   cache_dir=tmp_path / "c", progress=False)
+
+
+def test_unwritable_cache_dir_is_a_data_error(root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(DataError, match="cannot write the cache"):
+        load_split(root, "train", 16, cache_dir=blocker, progress=False)
+
+
+def test_bad_arguments(root, tmp_path):
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_split(root, "training", 24, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        load_split(root, "train", 0, cache_dir=tmp_path)
+
+
+def test_progress_goes_to_stderr(root, tmp_path, capsys):
+    load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "caching train at 24px" in err and "images/s" in err
+
+
+def test_varied_fixture_matches_filter_result(tmp_path):
+    root = tmp_path / "v"
+    make_coco_dir(root, random_images(40, np.random.default_rng(5)), seed=5)
+    kept = filter_images(load_coco(root), FilterConfig()).kept
+    got = [load_split(root, s, 16, cache_dir=tmp_path / "c", progress=False).ids
+           for s in ("train", "val", "test")]
+    assert sorted(np.concatenate(got).tolist()) == kept
+
+
+@pytest.mark.data
+def test_real_data_splits(coco_root, tmp_path):
+    parts = {s: load_split(coco_root, s, 32, cache_dir=tmp_path, progress=False)
+             for s in ("train", "val", "test")}
+    assert {s: len(p) for s, p in parts.items()} == {"train": 170, "val": 63, "test": 38}
+    tr = parts["train"]
+    assert not tr.skipped
+    # photos: channel means of natural images, roughly 0.35-0.5, std 0.2-0.35
+    assert np.all((tr.mean > 0.3) & (tr.mean < 0.55)) and np.all((tr.std > 0.2) & (tr.std < 0.35))
+    # persons cover 20-70 % of each picture; after letterboxing, of the box
+    for m, (t, l, h, w) in zip(tr.masks[:50], tr.boxes[:50]):
+        assert 0.17 < m[t:t + h, l:l + w].mean() < 0.73  # nearest resizing at 32 px: +-3 %

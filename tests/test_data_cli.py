@@ -1,0 +1,163 @@
+"""python -m tinyseg.data: info, show, bench; exit codes and messages."""
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyseg.data.__main__ import build_parser, main
+from tinyseg.data.fixture import FakeImage, make_coco_dir
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+SPECS = ([FakeImage(persons=[(0, 0, 32, 30)]) for _ in range(12)]      # kept (31 %)
+         + [FakeImage(persons=[(0, 0, 8, 8)]) for _ in range(5)]      # too small
+         + [FakeImage(persons=[(0, 0, 9, 9)] * 3) for _ in range(2)]  # three persons
+         + [FakeImage()])                                             # nobody
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "data"
+    make_coco_dir(r, SPECS)
+    return r
+
+
+def _run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_prints_counts_per_step_and_split(root, tmp_path, capsys):
+    code, out, err = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c")],
+                          capsys)
+    assert code == 0
+    lines = [" ".join(l.split()) for l in out.splitlines()]
+    assert "images in the annotation files 20" in lines
+    assert "with at least one person 19" in lines
+    assert "without crowd person annotations 19" in lines
+    assert "with 1 to 2 person instances 17" in lines
+    assert "person mask covers 20 %-70 % of the image 12" in lines
+    splits = {l.split()[0]: int(l.split()[1]) for l in lines if l.split()[:1] in
+              (["train"], ["val"], ["test"])}
+    assert sum(splits.values()) == 12
+    assert "not built yet" in out
+
+
+def test_info_filter_flags(root, tmp_path, capsys):
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                         "--max-persons", "none", "--min-coverage", "1%"], capsys)
+    assert code == 0
+    assert "with at least 1 person instances 19" in " ".join(out.split())
+    assert "person mask covers 1 %-70 % of the image 19" in " ".join(out.split())
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                         "--preset", "wide"], capsys)
+    assert "person mask covers 5 %-90 % of the image 12" in " ".join(out.split())  # 8x8 = 2 %
+
+
+def test_info_from_environment(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYSEG_DATA", str(root))
+    monkeypatch.setenv("TINYSEG_CACHE", str(tmp_path / "c"))
+    code, out, _ = _run(["info"], capsys)
+    assert code == 0 and str(root) in out
+
+
+def _one_line_error(code, out, err, *needles):
+    assert code == 1
+    assert "Traceback" not in err and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0]
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_user_errors_are_one_line(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TINYSEG_DATA", raising=False)
+    _one_line_error(*_run(["info"], capsys), "TINYSEG_DATA")
+    _one_line_error(*_run(["info", "--data", str(tmp_path / "nope")], capsys), "nope",
+                    "not found")
+    c = ["--cache-dir", str(tmp_path / "c")]
+    _one_line_error(*_run(["info", "--data", str(root), "--min-coverage", "0.99",
+                           "--max-coverage", "1"] + c, capsys),
+                    "leave no image", "20 images", "-> 0 person mask")
+    _one_line_error(*_run(["info", "--data", str(root), "--category", "cat"] + c, capsys),
+                    "no category named 'cat'")
+    ann = root / "annotations" / "instances_train2017.json"
+    ann.write_text(ann.read_text()[:200])
+    _one_line_error(*_run(["info", "--data", str(root)] + c, capsys), str(ann),
+                    "not valid JSON")
+
+
+def test_bad_flags_exit_2(root, capsys):
+    for args in (["info", "--min-coverage", "2"], ["info", "--max-persons", "x"],
+                 ["info", "--size", "0"], ["frobnicate"], [],
+                 ["info", "--min-coverage", "0.8", "--max-coverage", "0.5"],
+                 ["show", "--split", "training"], ["download"]):
+        with pytest.raises(SystemExit) as e:
+            main(["--data", str(root)] if not args else args)
+        assert e.value.code == 2, args
+    err = capsys.readouterr().err
+    assert "max_coverage" in err or "min_coverage" in err
+
+
+def test_help_states_every_default():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction) or action.required:
+                continue
+            assert action.help and "default" in action.help, (name, action.option_strings)
+
+
+def test_show_writes_a_grid(root, tmp_path, capsys):
+    out_png = tmp_path / "s.png"
+    code, out, _ = _run(["show", "--data", str(root), "--n", "4", "--cols", "2", "--size",
+                         "48", "--out", str(out_png), "--split", "train"], capsys)
+    assert code == 0 and "wrote" in out
+    im = np.asarray(Image.open(out_png))
+    assert im.ndim == 3 and im.shape[0] > 2 * 48 and im.shape[1] > 2 * 48
+    code, out, _ = _run(["show", "--data", str(root), "--rejected", "--size", "32", "--out",
+                         str(tmp_path / "r.png"), "--split", "train", "--n", "3"], capsys)
+    assert code == 0 and "rejected" in out
+    code, out, _ = _run(["show", "--data", str(root), "--augment", "--size", "32", "--out",
+                         str(tmp_path / "a.png"), "--n", "8"], capsys)
+    assert code == 0
+    a = np.asarray(Image.open(tmp_path / "a.png"))
+    assert a.shape[1] > 4 * 32  # four tiles per row: plain + three augmented
+
+
+def test_check_images_lists_unreadable_ones(root, tmp_path, capsys):
+    victim = sorted((root / "train2017").iterdir())[0]
+    victim.write_bytes(b"broken")
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                         "--check-images"], capsys)
+    assert code == 0
+    assert "unreadable: 1" in out and victim.name in out
+
+
+def test_bench_reports_milliseconds(root, tmp_path, capsys):
+    code, out, err = _run(["bench", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                           "--size", "32", "--batch-size", "2", "--batches", "5"], capsys)
+    assert code == 0 and "ms" in out and "augment=True" in out
+    assert "caching train" in err  # progress on stderr
+
+
+def test_bad_images_warn_on_stderr_not_traceback(root, tmp_path, capsys):
+    for p in sorted((root / "train2017").iterdir())[:12]:
+        p.write_bytes(b"broken")  # every kept image: the train split ends up empty
+    code, out, err = _run(["bench", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                           "--size", "16"], capsys)
+    assert code == 1 and "no readable training image" in err and "Traceback" not in err
+
+
+def test_module_runs_as_a_program(root, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tinyseg.data", "info", "--data", str(root),
+                        "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "loading annotations" not in r.stdout and "index created" not in r.stdout
+    assert r.stderr == ""

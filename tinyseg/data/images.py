@@ -1,0 +1,132 @@
+"""Pixels: reading any image file as RGB, and the resizing policy.
+
+Reading
+-------
+``read_image(path)`` returns ``uint8 (H, W, 3)`` RGB for whatever a photo collection holds:
+
+* RGB: as is.  Grayscale (``L``, ``1``), palette (``P``), ``CMYK``, ``YCbCr``, ``LAB`` and
+  images with alpha (``RGBA``, ``LA``, ``PA``): converted to RGB (the alpha is dropped).
+* 16-bit grayscale (``I;16``, ``I``): scaled to 8 bits, ``v8 = round(v16 / 257)``
+  (Pillow's own conversion would clip everything above 255 to white).
+* Missing, corrupt or truncated files, and modes that have no sensible RGB reading (float
+  ``F``): ``BadImage`` with the reason.  Callers skip such images, count them and list
+  them in a warning.
+
+EXIF orientation is *not* applied: COCO polygons are in the stored pixel grid.
+
+Resizing policy ("letterbox")
+-----------------------------
+Training images are squares of side ``S``.  A person photo is kept whole and undistorted:
+the longer side is resized to ``S`` (aspect ratio kept: bilinear with Pillow's
+antialiasing for the image, nearest neighbour for the mask), and the shorter side is padded
+symmetrically up to ``S``.  Padded image pixels take the constant ``PAD_RGB`` (close to the
+mean colour of photos, so they normalise to about 0); padded mask pixels are background
+(0).  The box ``(top, left, height, width)`` of the real picture inside the square is kept,
+so a prediction can be cropped and resized back to the photo (``unletterbox``).  Cropping
+was rejected: it cuts off heads and feet at the borders, and at inference it would leave
+parts of the photo without a prediction.
+"""
+from __future__ import annotations
+
+import os
+from typing import Tuple, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+PathLike = Union[str, os.PathLike]
+
+#: Fill colour of the padding, RGB (the ImageNet mean colour, rounded).
+PAD_RGB = (124, 116, 104)
+#: A one-line statement of the policy, stored with every cache.
+RESIZE_POLICY = ("letterbox: longer side resized to S (image bilinear+antialias, mask nearest), "
+                 f"shorter side padded symmetrically (image RGB {PAD_RGB}, mask 0 = background)")
+
+Box = Tuple[int, int, int, int]
+
+
+class BadImage(Exception):
+    """An image file that cannot be used; ``str(e)`` is the reason."""
+
+
+_CONVERTIBLE = {"RGB", "L", "1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "RGBa",
+                "RGBX", "LA", "La"}
+
+
+def image_to_rgb(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as ``uint8 (H, W, 3)`` RGB (see the module docstring)."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode == "I":
+        v = np.asarray(im).astype(np.float64)
+        v8 = np.clip(np.rint(v / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(v8[:, :, None], 3, axis=2)
+    if mode in _CONVERTIBLE:
+        if mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # avoids Pillow's warning about palette transparency
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    raise BadImage(f"unsupported pixel mode {mode!r}")
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """The file at ``path`` as ``uint8 (H, W, 3)`` RGB, or ``BadImage`` with the reason."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes now: truncated or corrupt data fails here, not later
+            return image_to_rgb(im)
+    except BadImage:
+        raise
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage(f"corrupt or truncated ({e})") from None
+
+
+def letterbox_box(height: int, width: int, size: int) -> Box:
+    """Where a ``height x width`` picture lands in the ``size x size`` square.
+
+    scale = size / max(height, width);  h' = max(1, round(height * scale)), same for w';
+    top = (size - h') // 2, left = (size - w') // 2.  Returns ``(top, left, h', w')``.
+    """
+    scale = size / max(height, width)
+    h = min(size, max(1, int(round(height * scale))))
+    w = min(size, max(1, int(round(width * scale))))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def letterbox(array: np.ndarray, size: int, *, nearest: bool = False,
+              fill=None) -> Tuple[np.ndarray, Box]:
+    """Resize ``array`` (``uint8 (H, W, 3)`` image or ``(H, W)`` mask) into a ``size`` square.
+
+    ``nearest=True`` for masks (labels are never blended).  ``fill`` defaults to
+    ``PAD_RGB`` for images and 0 for masks.  Returns ``(square, box)``.
+    """
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"letterbox: expected uint8 (H, W) or (H, W, 3), got {array.dtype} "
+                         f"{array.shape}")
+    if fill is None:
+        fill = PAD_RGB if array.ndim == 3 else 0
+    top, left, h, w = box = letterbox_box(array.shape[0], array.shape[1], size)
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    resized = np.asarray(Image.fromarray(array).resize((w, h), resample))
+    out = np.empty((size, size) + array.shape[2:], dtype=np.uint8)
+    out[...] = np.asarray(fill, dtype=np.uint8)
+    out[top:top + h, left:left + w] = resized
+    return out, box
+
+
+def unletterbox(array: np.ndarray, box: Box, height: int, width: int, *,
+                nearest: bool = True) -> np.ndarray:
+    """Undo ``letterbox``: crop ``box`` out of a square and resize it to ``height x width``.
+
+    For label maps (``nearest=True``, any integer dtype up to 8 bits) and uint8 images.
+    """
+    top, left, h, w = box
+    crop = np.ascontiguousarray(array[top:top + h, left:left + w])
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((width, height), resample))

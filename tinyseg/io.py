@@ -18,6 +18,13 @@ import numpy as np
 PathLike = Union[str, os.PathLike]
 
 
+def _umask_mode() -> int:
+    """The mode an ordinary ``open()`` would give a new file (mkstemp's default is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save_npz(path: PathLike, arrays: Dict[str, np.ndarray], compressed: bool = True) -> Path:
     """Write ``arrays`` to ``path`` (an ``.npz``) via a temporary file and a rename."""
     path = Path(path)
@@ -28,6 +35,7 @@ def atomic_save_npz(path: PathLike, arrays: Dict[str, np.ndarray], compressed: b
             (np.savez_compressed if compressed else np.savez)(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,6 +54,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,294 @@
+"""Convolution and transposed convolution, fast.  Equations: ``tinyseg.reference.conv``.
+
+Two numba kernels move data, NumPy's BLAS (``np.matmul``) does the arithmetic:
+
+* ``_im2col_rows`` (gather) fills rows i0 … i0+R−1 of one image's column matrix:
+  ``cols[(c,p,q), i, j] = x[n, c, (i0+i)·sh+p−ph, j·sw+q−pw]``, 0 outside ``x``;
+* ``_col2im_rows_add`` (scatter-add, its adjoint):
+  ``img[n, c, (i0+i)·sh+p−ph, j·sw+q−pw] += cols[(c,p,q), i, j]``.
+
+They are private and more general than the readable ``tinyseg.reference.conv.im2col`` /
+``col2im`` (separate row / column stride and padding, padding of any sign, a block of rows
+into a caller's buffer): the scatter route and the blocking need that.
+
+A convolution can be computed two ways, and both are used:
+
+* **gather** (classic im2col): ``Y = W₂ · im2col(X)``, ``W₂`` (O, C·kh·kw).  Temporary of
+  C·kh·kw × Ho·Wo per image.
+* **scatter**: ``Z = W₂ᵀ · X`` (O·kh·kw × H·W), then ``Y = col2im(Z)``.  This is the
+  transposed convolution's forward pass; a stride-1 convolution is a stride-1 transposed
+  convolution with the kernel rotated 180° and padding k − 1 − P.  Temporary of
+  O·kh·kw × H·W per image.
+
+``conv2d`` with stride 1 takes the route with the smaller temporary: gather when C ≤ O,
+scatter when C > O (the Tiramisu's dense layers go from up to a few hundred channels down to
+the growth rate, 16: 10-15x less memory traffic).  Strided convolutions gather; transposed
+convolutions scatter forward and gather backward; a 1×1 stride-1 convolution is one matrix
+product.  Work goes image by image (and in blocks of rows on very large images, see
+``CHUNK_BYTES``), so temporaries stay bounded and are reused.
+
+**Threads.**  The numba kernels are deliberately *serial* (no ``prange``), and the matrix
+products run in OpenBLAS's threads outside numba.  After every BLAS call OpenBLAS's worker
+threads keep spinning for a while; a ``prange`` kernel started in that window shares its
+cores with them.  In this alternating pattern the ``prange`` versions of these kernels
+measured up to 2x slower than the serial ones, and 3-4x slower than themselves with
+``OPENBLAS_THREAD_TIMEOUT=4`` set before NumPy is imported.  Serial kernels also compile
+faster.  The kernels release the GIL (``nogil=True``).
+
+Arguments and results are exactly those of the reference functions; the layers validate
+shapes and dtypes before calling (kernels never see bad input).  ``bias`` may be ``None``.
+Inputs that are not C-contiguous (views) are copied once.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["conv2d_forward", "conv2d_backward",
+           "conv_transpose2d_forward", "conv_transpose2d_backward"]
+
+
+# -- the two numba kernels ------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _im2col_rows(x, n, i0, kh, kw, sh, sw, ph, pw, cols):
+    """Rows ``i0 … i0+R−1`` of image ``n``'s column matrix, into ``cols`` (C·kh·kw, R, Wc).
+
+    ``cols[(c·kh+p)·kw+q, i, j] = x[n, c, (i0+i)·sh+p−ph, j·sw+q−pw]``, 0 outside ``x``.
+    Padding may be any integer (the scatter route uses k − 1 − padding, which can be < 0).
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    R, wc = cols.shape[1], cols.shape[2]
+    zero = x.dtype.type(0)
+    for c in range(C):
+        for p in range(kh):
+            for q in range(kw):
+                r = (c * kh + p) * kw + q
+                # the columns j with 0 <= j·sw + q − pw < W
+                j0 = min(max(0, -((q - pw) // sw)), wc)
+                j1 = min(max((W - 1 + pw - q) // sw + 1, j0), wc)
+                off = q - pw
+                for i in range(R):
+                    u = (i0 + i) * sh + p - ph
+                    if u < 0 or u >= H:
+                        for j in range(wc):
+                            cols[r, i, j] = zero
+                    else:
+                        for j in range(j0):
+                            cols[r, i, j] = zero
+                        for j in range(j0, j1):
+                            cols[r, i, j] = x[n, c, u, j * sw + off]
+                        for j in range(j1, wc):
+                            cols[r, i, j] = zero
+
+
+@njit(cache=True, nogil=True)
+def _col2im_rows_add(cols, i0, kh, kw, sh, sw, ph, pw, img, n):
+    """The adjoint of ``_im2col_rows``: add ``cols`` (C·kh·kw, R, Wc) into image ``n``.
+
+    ``img[n, c, (i0+i)·sh+p−ph, j·sw+q−pw] += cols[(c·kh+p)·kw+q, i, j]`` where in range.
+    """
+    C, H, W = img.shape[1], img.shape[2], img.shape[3]
+    R, wc = cols.shape[1], cols.shape[2]
+    for c in range(C):
+        for p in range(kh):
+            for q in range(kw):
+                r = (c * kh + p) * kw + q
+                j0 = min(max(0, -((q - pw) // sw)), wc)
+                j1 = min(max((W - 1 + pw - q) // sw + 1, j0), wc)
+                off = q - pw
+                for i in range(R):
+                    u = (i0 + i) * sh + p - ph
+                    if u >= 0 and u < H:
+                        for j in range(j0, j1):
+                            img[n, c, u, j * sw + off] += cols[r, i, j]
+
+
+# -- the routes: loops over images and row blocks, BLAS in between ------------------------------
+
+CHUNK_BYTES = 32 << 20
+"""Upper bound on one block of the column matrix (per image, R rows at a time): bounds the
+temporary memory of a convolution on large images.  Blocks are large on purpose: every
+block costs one multi-threaded BLAS call, and on a busy machine each call's thread
+synchronisation is expensive (1 MiB blocks, which would stay in L2, measured 1.5-5x slower
+than whole images on the shared 2-core machine)."""
+
+
+def _rows_per_chunk(rows, bytes_per_row):
+    return int(max(1, min(rows, CHUNK_BYTES // max(1, bytes_per_row))))
+
+
+def _add_gram(acc, a, b):
+    """``acc += a · bᵀ`` for a (m, L), b (k, L) with L large (a weight gradient).
+
+    Computed as ``(b · aᵀ)ᵀ`` when b has more rows: OpenBLAS splits the work over threads
+    along the first dimension, and with few rows there (e.g. 48 × 144 with L = 50 176) it
+    measured 5x slower than the same product the other way round.
+    """
+    if a.shape[0] >= b.shape[0]:
+        acc += np.matmul(a, b.T)
+    else:
+        acc += np.matmul(b, a.T).T
+
+
+def _gather_forward(x, weight, stride, P, ho, wo):
+    """y[n] = W₂ · cols[n], cols built R output rows at a time.  ``weight`` (O, C, kh, kw)."""
+    N = x.shape[0]
+    O, C, kh, kw = weight.shape
+    K = C * kh * kw
+    w2 = weight.reshape(O, K)
+    y = np.empty((N, O, ho * wo), dtype=x.dtype)
+    R = _rows_per_chunk(ho, K * wo * x.itemsize)
+    buf = np.empty(K * R * wo, dtype=x.dtype)
+    for n in range(N):
+        for i0 in range(0, ho, R):
+            r = min(R, ho - i0)
+            cols = buf[:K * r * wo].reshape(K, r, wo)
+            _im2col_rows(x, n, i0, kh, kw, stride, stride, P, P, cols)
+            np.matmul(w2, cols.reshape(K, r * wo), out=y[n, :, i0 * wo:(i0 + r) * wo])
+    return y.reshape(N, O, ho, wo)
+
+
+def _gather_backward(dout, x, weight, stride, P):
+    """Gradients of ``_gather_forward``: dW₂ = Σ dout·colsᵀ, dx = col2im(W₂ᵀ·dout)."""
+    N, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    ho, wo = dout.shape[2], dout.shape[3]
+    K = C * kh * kw
+    w2t = np.ascontiguousarray(weight.reshape(O, K).T)
+    d3 = dout.reshape(N, O, ho * wo)
+    dx = np.zeros_like(x)
+    dw = np.zeros((O, K), dtype=x.dtype)
+    R = _rows_per_chunk(ho, 2 * K * wo * x.itemsize)
+    buf = np.empty(K * R * wo, dtype=x.dtype)
+    dbuf = np.empty(K * R * wo, dtype=x.dtype)
+    for n in range(N):
+        for i0 in range(0, ho, R):
+            r = min(R, ho - i0)
+            cols = buf[:K * r * wo].reshape(K, r, wo)
+            dcols = dbuf[:K * r * wo].reshape(K, r, wo)
+            d = d3[n, :, i0 * wo:(i0 + r) * wo]
+            _im2col_rows(x, n, i0, kh, kw, stride, stride, P, P, cols)
+            _add_gram(dw, d, cols.reshape(K, r * wo))
+            np.matmul(w2t, d, out=dcols.reshape(K, r * wo))
+            _col2im_rows_add(dcols, i0, kh, kw, stride, stride, P, P, dx, n)
+    return dx, dw.reshape(weight.shape)
+
+
+def _scatter_forward(x, weight, stride, ph, pw, ho, wo):
+    """y[n] = col2im(W₂ᵀ · x[n]), R input rows at a time.  ``weight`` (C, O, kh, kw)."""
+    N, C, H, W = x.shape
+    _, O, kh, kw = weight.shape
+    M = O * kh * kw
+    w2t = np.ascontiguousarray(weight.reshape(C, M).T)
+    x3 = x.reshape(N, C, H * W)
+    y = np.zeros((N, O, ho, wo), dtype=x.dtype)
+    R = _rows_per_chunk(H, M * W * x.itemsize)
+    buf = np.empty(M * R * W, dtype=x.dtype)
+    for n in range(N):
+        for i0 in range(0, H, R):
+            r = min(R, H - i0)
+            z = buf[:M * r * W].reshape(M, r, W)
+            np.matmul(w2t, x3[n, :, i0 * W:(i0 + r) * W], out=z.reshape(M, r * W))
+            _col2im_rows_add(z, i0, kh, kw, stride, stride, ph, pw, y, n)
+    return y
+
+
+def _scatter_backward(dout, x, weight, stride, ph, pw):
+    """(dx, dweight) of ``_scatter_forward``: cols = im2col(dout) on x's grid serves both."""
+    N, C, H, W = x.shape
+    _, O, kh, kw = weight.shape
+    M = O * kh * kw
+    w2 = weight.reshape(C, M)
+    x3 = x.reshape(N, C, H * W)
+    dx = np.empty((N, C, H * W), dtype=x.dtype)
+    dw = np.zeros((C, M), dtype=x.dtype)
+    R = _rows_per_chunk(H, M * W * x.itemsize)
+    buf = np.empty(M * R * W, dtype=x.dtype)
+    for n in range(N):
+        for i0 in range(0, H, R):
+            r = min(R, H - i0)
+            cols = buf[:M * r * W].reshape(M, r, W)
+            _im2col_rows(dout, n, i0, kh, kw, stride, stride, ph, pw, cols)
+            c2 = cols.reshape(M, r * W)
+            np.matmul(w2, c2, out=dx[n, :, i0 * W:(i0 + r) * W])
+            _add_gram(dw, x3[n, :, i0 * W:(i0 + r) * W], c2)
+    return dx.reshape(N, C, H, W), dw.reshape(weight.shape)
+
+
+def _flip(weight):
+    """(O, C, kh, kw) -> (C, O, kh, kw) with the kernel rotated 180°; its own inverse."""
+    return np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def _add_bias(y, bias):
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+# -- public functions: same names, arguments and results as tinyseg.reference.conv -------------
+
+def conv2d_forward(x, weight, bias, stride, padding):
+    """Conv2d forward, (N, C, H, W) -> (N, O, Ho, Wo).  See ``tinyseg.reference.conv``."""
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    N, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    s, P = int(stride), int(padding)
+    ho = (H + 2 * P - kh) // s + 1
+    wo = (W + 2 * P - kw) // s + 1
+    if kh == 1 and kw == 1 and s == 1 and P == 0:
+        y = np.matmul(weight.reshape(O, C), x.reshape(N, C, H * W)).reshape(N, O, H, W)
+    elif s == 1 and C > O:
+        y = _scatter_forward(x, _flip(weight), 1, kh - 1 - P, kw - 1 - P, ho, wo)
+    else:
+        y = _gather_forward(x, weight, s, P, ho, wo)
+    return _add_bias(y, bias)
+
+
+def conv2d_backward(dout, x, weight, stride, padding):
+    """Conv2d backward: ``(dx, dweight, dbias)``.  See ``tinyseg.reference.conv``."""
+    dout = np.ascontiguousarray(dout)
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    N, C, H, W = x.shape
+    O, _, kh, kw = weight.shape
+    s, P = int(stride), int(padding)
+    db = dout.sum(axis=(0, 2, 3))
+    if kh == 1 and kw == 1 and s == 1 and P == 0:
+        d3 = dout.reshape(N, O, H * W)
+        dx = np.matmul(weight.reshape(O, C).T, d3).reshape(N, C, H, W)
+        x3 = x.reshape(N, C, H * W)
+        dw = np.zeros((O, C), dtype=x.dtype)
+        for n in range(N):
+            _add_gram(dw, d3[n], x3[n])
+        dw = dw.reshape(weight.shape)
+    elif s == 1 and C > O:
+        dx, dw_flipped = _scatter_backward(dout, x, _flip(weight), 1, kh - 1 - P, kw - 1 - P)
+        dw = _flip(dw_flipped)
+    else:
+        dx, dw = _gather_backward(dout, x, weight, s, P)
+    return dx, dw, db
+
+
+def conv_transpose2d_forward(x, weight, bias, stride, padding, output_padding):
+    """ConvTranspose2d forward, weight (in, out, kh, kw).  See ``tinyseg.reference.conv``."""
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    H, W = x.shape[2], x.shape[3]
+    kh, kw = weight.shape[2], weight.shape[3]
+    s, P, op = int(stride), int(padding), int(output_padding)
+    ho = (H - 1) * s - 2 * P + kh + op
+    wo = (W - 1) * s - 2 * P + kw + op
+    return _add_bias(_scatter_forward(x, weight, s, P, P, ho, wo), bias)
+
+
+def conv_transpose2d_backward(dout, x, weight, stride, padding, output_padding):
+    """ConvTranspose2d backward: ``(dx, dweight, dbias)``.  See ``tinyseg.reference.conv``."""
+    dout = np.ascontiguousarray(dout)
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    s, P = int(stride), int(padding)
+    dx, dw = _scatter_backward(dout, x, weight, s, P, P)
+    return dx, dw, dout.sum(axis=(0, 2, 3))

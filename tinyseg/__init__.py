@@ -1,5 +1,29 @@
 """tinyseg: from-scratch deep-learning segmentation in NumPy and numba.
 
-The public names are filled in as the modules land (see README, "Design").
+The public names: the layers (PyTorch names, layouts and defaults), the loss, the optimiser
+and its schedule, initialisation, metrics and the gradient checker.  The Tiramisu lives in
+``tinyseg.tiramisu``, the data path in ``tinyseg.data``, the commands in ``tinyseg.train``,
+``tinyseg.evaluate`` and ``tinyseg.cutout``.
 """
 __version__ = "0.1.0"
+
+from .layers.base import Layer
+from .layers.conv import Conv2d, ConvTranspose2d
+from .layers.batchnorm import BatchNorm2d
+from .layers.activation import ReLU, Dropout
+from .layers.pool import MaxPool2d
+from .layers.concat import Concat, concat, split_grad
+from .init import he_uniform
+from .losses import softmax_cross_entropy
+from .optim import RMSprop, ExponentialLR
+from .metrics import (confusion_matrix, iou_per_class, mean_iou, pixel_accuracy,
+                      person_iou, per_image_iou, IoUMeter)
+from .gradcheck import gradcheck, numerical_gradient, relative_error
+
+__all__ = [
+    "Layer", "Conv2d", "ConvTranspose2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d",
+    "Concat", "concat", "split_grad", "he_uniform", "softmax_cross_entropy", "RMSprop",
+    "ExponentialLR", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
+    "person_iou", "per_image_iou", "IoUMeter", "gradcheck", "numerical_gradient",
+    "relative_error",
+]

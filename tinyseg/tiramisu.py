@@ -759,12 +759,20 @@ class Tiramisu(Layer):
         (:func:`tinyseg.io.atomic_save_npz`), so an interrupted save leaves the old file or the
         new one, never half of one.
         """
+        return atomic_save_npz(path, self.arrays())
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """What :meth:`save` writes: ``__format__``, ``__config__`` and the ``state_dict``.
+
+        Training checkpoints (``tinyseg.checkpoint``) add their own ``__``-prefixed entries to
+        this dict, so :meth:`from_file` opens a checkpoint as well as a plain weight file.
+        """
         arrays: Dict[str, np.ndarray] = {
             "__format__": np.array(FORMAT_VERSION, dtype=np.int64),
             "__config__": np.array(json.dumps(self.config, sort_keys=True)),
         }
         arrays.update(self.state_dict())
-        return atomic_save_npz(path, arrays)
+        return arrays
 
     @staticmethod
     def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
@@ -799,6 +807,8 @@ class Tiramisu(Layer):
         this model's dtype.
         """
         config, state = self.read_file(path)
+        # other "__"-prefixed entries belong to training checkpoints (optimiser, metadata)
+        state = {k: v for k, v in state.items() if not k.startswith("__")}
         for key in ARCH_KEYS:
             if config.get(key) != self.config[key]:
                 raise ValueError(f"Tiramisu.load: {path} was saved from a model with "

@@ -1,0 +1,130 @@
+"""Checkpoints: model files with mean/std/size, training files that resume exactly."""
+import json
+
+import numpy as np
+import pytest
+
+from tinyseg.checkpoint import (CheckpointError, generator_states, load_model, make_meta,
+                                read, save_model, save_training, set_generator_states)
+from tinyseg.optim import RMSprop
+from tinyseg.tiramisu import Tiramisu, tiramisu_tiny
+
+MEAN = np.array([0.45, 0.42, 0.40], np.float32)
+STD = np.array([0.27, 0.26, 0.28], np.float32)
+
+
+def _model(seed=0):
+    return tiramisu_tiny(rng=np.random.default_rng(seed))
+
+
+def _x(rng, n=2, s=16):
+    return rng.standard_normal((n, 3, s, s)).astype(np.float32)
+
+
+def test_model_checkpoint_round_trip(tmp_path, rng):
+    model = _model()
+    model.train()
+    model.forward(_x(rng, 4))  # move the BN running statistics away from their init
+    path = save_model(tmp_path / "m.npz", model, make_meta(32, MEAN, STD, epoch=3))
+    loaded, info = load_model(path)
+    assert info["size"] == 32 and info["epoch"] == 3
+    np.testing.assert_array_equal(info["mean"], MEAN)   # float32 survives JSON exactly
+    np.testing.assert_array_equal(info["std"], STD)
+    assert loaded.config == model.config
+    for name, v in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[name], v, err_msg=name)
+    assert not loaded.training
+    model.eval()
+    x = _x(rng)
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+def test_checkpoint_is_a_tiramisu_file(tmp_path):
+    """A checkpoint holds the Tiramisu's own entries (format, config, every array)."""
+    model = _model()
+    save_model(tmp_path / "m.npz", model, make_meta(32, MEAN, STD))
+    model.save(tmp_path / "plain.npz")
+    config, state = Tiramisu.read_file(tmp_path / "m.npz")
+    plain_config, plain_state = Tiramisu.read_file(tmp_path / "plain.npz")
+    assert config == plain_config
+    assert set(plain_state) <= set(state)
+    assert {k for k in state if k not in plain_state} == {"__meta__"}
+
+
+def test_tiramisu_from_file_opens_a_checkpoint(tmp_path, rng):
+    model = _model()
+    save_model(tmp_path / "m.npz", model, make_meta(32, MEAN, STD))
+    loaded = Tiramisu.from_file(tmp_path / "m.npz")
+    model.eval(), loaded.eval()
+    x = _x(rng)
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+def test_plain_weight_file_needs_mean_std_size(tmp_path):
+    model = _model()
+    model.save(tmp_path / "plain.npz")
+    with pytest.raises(CheckpointError, match="plain weight file"):
+        load_model(tmp_path / "plain.npz")
+    loaded, info = load_model(tmp_path / "plain.npz", mean=MEAN, std=STD, size=48)
+    assert info["size"] == 48
+
+
+def test_bad_files_are_refused_with_the_name(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="junk.npz"):
+        load_model(junk)
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(CheckpointError, match="other.npz"):
+        load_model(tmp_path / "other.npz")
+
+
+def test_training_checkpoint_round_trip(tmp_path, rng):
+    model = _model()
+    opt = RMSprop(list(model.named_parameters()), lr=3e-3, weight_decay=1e-4)
+    model.train()
+    for _ in range(2):  # a few steps so the squared averages and dropout streams move
+        opt.zero_grad()
+        y = model.forward(_x(rng))
+        model.backward(np.ones_like(y) / y.size)
+        opt.step()
+    state = {"epoch": 2, "batch": 1, "generators": generator_states(model)}
+    path = save_training(tmp_path / "last.npz", model, make_meta(32, MEAN, STD), state, opt)
+    config, weights, meta, st, optim = read(path)
+    assert st["epoch"] == 2 and st["batch"] == 1
+    assert st["optimizer"]["lr"] == 3e-3 and st["optimizer"]["steps"] == 2
+    assert set(optim) == {f"square_avg.{n}" for n, _, _ in model.named_parameters()}
+
+    other = _model(seed=5)
+    opt2 = RMSprop(list(other.named_parameters()), lr=1.0)
+    other.load_state_dict(weights)
+    opt2.load_state_dict({**st["optimizer"], **optim})
+    set_generator_states(other, st["generators"])
+    for n in opt.square_avg:
+        np.testing.assert_array_equal(opt2.square_avg[n], opt.square_avg[n])
+    assert opt2.lr == opt.lr and opt2.steps == 2
+    # the dropout streams continue where they were: same masks next time
+    x = _x(rng)
+    np.testing.assert_array_equal(other.forward(x), model.forward(x))
+
+
+def test_generator_states_are_json_and_name_checked():
+    model = _model()
+    states = generator_states(model)
+    assert states and all(".drop." in k or k.endswith(".rng") for k in states)
+    json.dumps(states)  # JSON-able
+    with pytest.raises(CheckpointError, match="random generators"):
+        set_generator_states(model, {k: v for k, v in list(states.items())[1:]})
+
+
+def test_unknown_entries_are_refused(tmp_path):
+    model = _model()
+    path = save_model(tmp_path / "m.npz", model, make_meta(32, MEAN, STD))
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["__future__"] = np.array("x")
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(CheckpointError, match="__future__"):
+        read(tmp_path / "future.npz")

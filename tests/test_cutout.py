@@ -1,0 +1,206 @@
+"""Cutout: EXIF orientation, full-size RGBA / mask / colour outputs, smooth up-sampling,
+unreadable files reported while the others are written."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyseg.checkpoint import make_meta, save_model
+from tinyseg.cli import UserError, run_main
+from tinyseg.cutout import (alpha_from_probability, compose, main, output_names, parse_color,
+                            read_photo)
+from tinyseg.infer import Predictor, photo_probability, resize_bilinear
+from tinyseg.tiramisu import tiramisu_tiny
+
+# float32 bilinear weights: results agree with PyTorch to a few float32 ulps of values in [0, 1]
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One numba and one BLAS thread: on a busy shared 2-core machine, two threads of each
+    per process made these runs 10-20x slower (threads spinning against each other)."""
+    import numba
+    from tinyseg.cli import _set_blas_threads, blas_threads
+    before, blas_before = numba.get_num_threads(), blas_threads()
+    numba.set_num_threads(1)
+    _set_blas_threads(1)
+    yield
+    numba.set_num_threads(before)
+    if blas_before:
+        _set_blas_threads(blas_before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    model = tiramisu_tiny(rng=np.random.default_rng(0))
+    return save_model(tmp_path_factory.mktemp("m") / "model.npz", model,
+                      make_meta(32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]))
+
+
+def write_jpeg(path, width, height, orientation=None, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(path, format="JPEG", exif=exif.tobytes())
+    return arr
+
+
+# -- bilinear up-sampling -------------------------------------------------------------------------
+def test_resize_bilinear_known_values():
+    a = np.array([[0.0, 1.0]], np.float32)
+    np.testing.assert_allclose(resize_bilinear(a, 1, 4), [[0.0, 0.25, 0.75, 1.0]], atol=TOL)
+    c = np.full((3, 5), 0.7, np.float32)
+    np.testing.assert_allclose(resize_bilinear(c, 31, 17), 0.7, atol=TOL)
+    x = np.random.default_rng(0).random((6, 9)).astype(np.float32)
+    np.testing.assert_allclose(resize_bilinear(x, 6, 9), x, atol=TOL)  # same size: identity
+    big = resize_bilinear(x, 61, 90, rows_per_chunk=7)  # chunking changes nothing
+    np.testing.assert_allclose(big, resize_bilinear(x, 61, 90), atol=0)
+    assert big.min() >= x.min() - TOL and big.max() <= x.max() + TOL  # no overshoot
+    with pytest.raises(ValueError, match="2-D"):
+        resize_bilinear(np.zeros((2, 2, 2)), 4, 4)
+
+
+def test_resize_bilinear_matches_pytorch(torch):
+    rng = np.random.default_rng(1)
+    for h, w, H, W in [(5, 7, 13, 29), (32, 32, 480, 640), (8, 6, 5, 4), (1, 4, 3, 9)]:
+        a = rng.random((h, w)).astype(np.float32)
+        ref = torch.nn.functional.interpolate(torch.from_numpy(a)[None, None], size=(H, W),
+                                              mode="bilinear", align_corners=False)[0, 0]
+        np.testing.assert_allclose(resize_bilinear(a, H, W), ref.numpy(), atol=TOL)
+
+
+# -- reading photos ----------------------------------------------------------------------------------
+def test_exif_orientation_is_applied(tmp_path):
+    arr = write_jpeg(tmp_path / "rot.jpg", 40, 20, orientation=6)  # stored 40 wide, 20 high
+    photo = read_photo(tmp_path / "rot.jpg")
+    assert photo.shape == (40, 20, 3)          # shown upright: 20 wide, 40 high
+    # orientation 6 = rotate 90° clockwise to display: the stored top-left goes top-right
+    np.testing.assert_allclose(photo[:3, -3:].mean(), arr[:3, :3].mean(), atol=25)
+    plain = write_jpeg(tmp_path / "plain.jpg", 40, 20)
+    assert read_photo(tmp_path / "plain.jpg").shape == plain.shape
+
+
+def test_photo_probability_lines_up_with_the_photo(ckpt):
+    """A stand-in network that calls the left half of its input "person": the probability
+    map, cropped from the letterbox and resized, must have its edge in the photo's middle."""
+    pred = Predictor.from_file(ckpt)
+
+    class LeftHalf:
+        training = False
+
+        def eval(self):
+            pass
+
+        def train(self, mode=True):
+            pass
+
+        def forward(self, x):
+            # person where the red channel is bright: the test paints the photo's left half
+            z = (x[:, 0] > 0).astype(np.float32) * 20 - 10
+            return np.stack([np.zeros_like(z), z], axis=1)
+
+    pred.model = LeftHalf()
+    for w, h in [(300, 120), (90, 200), (64, 64)]:
+        photo = np.zeros((h, w, 3), np.uint8)
+        photo[:, : w // 2, 0] = 255
+        p = photo_probability(pred, photo)
+        assert p.shape == (h, w)
+        assert p[:, : w // 2 - w // 8].min() > 0.9 and p[:, w // 2 + w // 8:].max() < 0.1
+        # smooth: intermediate values only near the edge, a few source pixels wide
+        mid = (p > 0.05) & (p < 0.95)
+        cols = np.nonzero(mid.any(axis=0))[0]
+        assert cols.size and abs(cols.mean() - w / 2) < w / 8
+
+
+# -- outputs -------------------------------------------------------------------------------------------
+def test_alpha_and_compose():
+    p = np.array([[0.1, 0.5, 0.9]], np.float32)
+    np.testing.assert_array_equal(alpha_from_probability(p), [[0, 255, 255]])
+    np.testing.assert_array_equal(alpha_from_probability(p, 0.6), [[0, 0, 255]])
+    np.testing.assert_array_equal(alpha_from_probability(p, soft=True), [[26, 128, 230]])
+    rgb = np.full((1, 3, 3), 100, np.uint8)
+    a = np.array([[0, 128, 255]], np.uint8)
+    assert compose(rgb, a).mode == "RGBA"
+    out = np.asarray(compose(rgb, a, background=(0, 200, 0)))
+    np.testing.assert_array_equal(out[0, 0], [0, 200, 0])
+    np.testing.assert_array_equal(out[0, 2], [100, 100, 100])
+    assert compose(rgb, a, mode="mask").mode == "L"
+
+
+def test_parse_color_and_names(tmp_path):
+    assert parse_color("white") == (255, 255, 255)
+    assert parse_color("#00ff00") == (0, 255, 0)
+    assert parse_color("0, 128, 255") == (0, 128, 255)
+    with pytest.raises(UserError, match="colour"):
+        parse_color("not-a-colour")
+    names = output_names(["a/x.jpg", "b/x.jpg", "y.png"], tmp_path, "-cutout")
+    assert [n.name for n in names] == ["x-cutout.png", "x-cutout-2.png", "y-cutout.png"]
+
+
+def test_command_writes_full_size_rgba(ckpt, tmp_path, capsys):
+    write_jpeg(tmp_path / "rot.jpg", 120, 50, orientation=6)
+    write_jpeg(tmp_path / "wide.jpg", 333, 101, seed=2)
+    out = tmp_path / "out"
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "rot.jpg"), str(tmp_path / "wide.jpg"),
+                                             "-o", str(out), "--checkpoint", str(ckpt)]) == 0
+    with Image.open(out / "rot-cutout.png") as im:
+        assert im.mode == "RGBA" and im.size == (50, 120)   # upright: EXIF applied
+    with Image.open(out / "wide-cutout.png") as im:
+        assert im.mode == "RGBA" and im.size == (333, 101)
+        rgba = np.asarray(im)
+    np.testing.assert_array_equal(rgba[..., :3], read_photo(tmp_path / "wide.jpg"))
+    assert set(np.unique(rgba[..., 3])) <= {0, 255}
+    assert "wide.jpg (333x101)" in capsys.readouterr().out
+
+
+def test_command_mask_soft_and_background(ckpt, tmp_path):
+    write_jpeg(tmp_path / "p.jpg", 70, 90)
+    args = [str(tmp_path / "p.jpg"), "-o", str(tmp_path), "--checkpoint", str(ckpt)]
+    assert run_main(main, "tinyseg.cutout", args + ["--mask"]) == 0
+    with Image.open(tmp_path / "p-mask.png") as im:
+        assert im.mode == "L" and im.size == (70, 90)
+        hard = np.asarray(im)
+    assert set(np.unique(hard)) <= {0, 255}
+    assert run_main(main, "tinyseg.cutout", args + ["--mask", "--soft"]) == 0
+    with Image.open(tmp_path / "p-mask.png") as im:
+        soft = np.asarray(im)
+    assert len(np.unique(soft)) > 2  # a probability map, not a 0/255 mask
+    np.testing.assert_array_equal(soft >= 128, hard == 255)
+    assert run_main(main, "tinyseg.cutout", args + ["--background", "#0000ff"]) == 0
+    with Image.open(tmp_path / "p-cutout.png") as im:
+        assert im.mode == "RGB" and im.size == (70, 90)
+        rgb = np.asarray(im)
+    photo = read_photo(tmp_path / "p.jpg")
+    bg = hard == 0
+    assert (rgb[bg] == [0, 0, 255]).all() and (rgb[~bg] == photo[~bg]).all()
+
+
+def test_unreadable_inputs_are_reported_and_others_done(ckpt, tmp_path, capsys):
+    write_jpeg(tmp_path / "good.jpg", 40, 30)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "notes.txt").write_text("hello")
+    args = [str(tmp_path / n) for n in ["broken.jpg", "good.jpg", "missing.jpg", "notes.txt"]]
+    code = run_main(main, "tinyseg.cutout", args + ["-o", str(tmp_path / "o"), "--checkpoint",
+                                                    str(ckpt)])
+    assert code == 1
+    err = capsys.readouterr().err
+    for name in ["broken.jpg", "missing.jpg", "notes.txt"]:
+        assert name in err
+    assert "1 of 4 photos written" in err
+    assert (tmp_path / "o" / "good-cutout.png").is_file()
+    assert not (tmp_path / "o" / "broken-cutout.png").exists()
+
+
+def test_no_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import tinyseg.checkpoint as ck
+    monkeypatch.setattr(ck, "default_weights", lambda: tmp_path / "none.npz")
+    write_jpeg(tmp_path / "p.jpg", 20, 20)
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "p.jpg")]) == 1
+    err = capsys.readouterr().err
+    assert "no bundled model" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2

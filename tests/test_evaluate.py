@@ -1,0 +1,182 @@
+"""Evaluation: pooled and per-image IoU (padding not counted), flip averaging, the command."""
+import json
+
+import numpy as np
+import pytest
+
+from tinyseg.checkpoint import make_meta, save_model
+from tinyseg.cli import run_main
+from tinyseg.data.fixture import FakeImage, make_coco_dir
+from tinyseg.evaluate import IGNORE, eval_targets, evaluate_dataset, main
+from tinyseg.metrics import confusion_matrix, iou_per_class
+from tinyseg.tiramisu import tiramisu_tiny
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One numba and one BLAS thread: on a busy shared 2-core machine, two threads of each
+    per process made these runs 10-20x slower (threads spinning against each other)."""
+    import numba
+    from tinyseg.cli import _set_blas_threads, blas_threads
+    before, blas_before = numba.get_num_threads(), blas_threads()
+    numba.set_num_threads(1)
+    _set_blas_threads(1)
+    yield
+    numba.set_num_threads(before)
+    if blas_before:
+        _set_blas_threads(blas_before)
+
+
+class Oracle:
+    """A stand-in network whose "prediction" is a fixed label map per image: logits +-5."""
+
+    def __init__(self, labels):
+        self.labels = labels  # (N, S, S) ints, looked up by the first pixel of channel 0
+        self.training = False
+        self.calls = 0
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def forward(self, x):
+        self.calls += 1
+        idx = np.rint(x[:, 0, 0, 0]).astype(int)  # the test writes the image index there
+        lab = self.labels[idx]
+        z = np.where(lab == 1, 5.0, -5.0).astype(np.float32)
+        return np.stack([-z, z], axis=1)
+
+
+def images_with_index(n, s):
+    """uint8 images whose pixel (0, 0) red value normalises to the image index."""
+    img = np.zeros((n, s, s, 3), np.uint8)
+    img[:, 0, 0, 0] = np.arange(n)
+    return img
+
+
+MEAN0, STD1 = np.zeros(3, np.float32), np.full(3, 1 / 255, np.float32)  # x = pixel value
+
+
+def test_eval_targets_ignore_the_padding():
+    masks = np.ones((2, 4, 4), np.uint8)
+    boxes = np.array([[1, 0, 2, 4], [0, 0, 4, 4]])
+    t = eval_targets(masks, boxes)
+    assert (t[0, [0, 3]] == IGNORE).all() and (t[0, 1:3] == 1).all()
+    assert (t[1] == 1).all()
+
+
+def test_pooled_and_per_image_iou_by_hand():
+    s = 4
+    masks = np.zeros((2, s, s), np.uint8)
+    masks[0, :2, :] = 1            # 8 person pixels
+    masks[1, :, :2] = 1            # 8 person pixels
+    pred = np.zeros((2, s, s), int)
+    pred[0, :1, :] = 1             # 4 predicted, all right: IoU 4/8
+    pred[1, :, 1:3] = 1            # 8 predicted, 4 right: IoU 4/12
+    pred[1, 3, 3] = 1              # in the padding: must not count
+    boxes = np.array([[0, 0, 4, 4], [0, 0, 3, 4]])  # image 1: last row is padding
+    masks[1, 3] = 0
+    ev = evaluate_dataset(Oracle(pred), images_with_index(2, s), masks, boxes, MEAN0, STD1,
+                          batch_size=1, keep_predictions=True)
+    # image 1 inside its box: truth 6 px (rows 0-2, cols 0-1), prediction 6 px (cols 1-2), 3 shared
+    assert ev.per_image[0] == pytest.approx(4 / 8)
+    assert ev.per_image[1] == pytest.approx(3 / 9)
+    assert ev.person_iou == pytest.approx((4 + 3) / (8 + 9))
+    t = eval_targets(masks, boxes)
+    cm = confusion_matrix(pred, t, 2, ignore_index=IGNORE)
+    np.testing.assert_array_equal(ev.cm, cm)
+    assert ev.mean_iou == pytest.approx(np.mean(iou_per_class(cm)))
+    assert ev.pixel_accuracy == pytest.approx(np.trace(cm) / cm.sum())
+    assert ev.missed[0] == pytest.approx(0.5) and ev.extra[1] == pytest.approx(0.5)
+    assert ev.predictions[1, 3, 3] == 0
+    d = ev.distribution()
+    assert d["images"] == 2 and sum(d["histogram"]) == 2
+    assert d["median"] == pytest.approx((0.5 + 1 / 3) / 2)
+
+
+def test_flip_averages_the_mirrored_prediction():
+    """A network that is not mirror-symmetric: always p = 0.9 in column 0, 0.2 elsewhere."""
+    s = 4
+
+    class LeftColumn(Oracle):
+        def forward(self, x):
+            z = np.full((x.shape[0], s, s), np.log(0.2 / 0.8), np.float32)
+            z[:, :, 0] = np.log(0.9 / 0.1)
+            return np.stack([np.zeros_like(z), z], axis=1)
+
+    masks = np.zeros((1, s, s), np.uint8)
+    masks[0, :, 0] = 1
+    boxes = np.array([[0, 0, s, s]])
+    args = (images_with_index(1, s), masks, boxes, MEAN0, STD1)
+    assert evaluate_dataset(LeftColumn(None), *args).person_iou == pytest.approx(1.0)
+    # averaged with the mirror image: columns 0 and 3 at (0.9 + 0.2) / 2 = 0.55 -> person
+    ev = evaluate_dataset(LeftColumn(None), *args, flip=True, keep_predictions=True)
+    np.testing.assert_array_equal(ev.predictions[0].any(axis=0), [True, False, False, True])
+    assert ev.person_iou == pytest.approx(4 / 8)
+
+
+def test_the_model_is_left_in_its_mode():
+    o = Oracle(np.zeros((1, 4, 4), int))
+    o.training = True
+    evaluate_dataset(o, images_with_index(1, 4), np.zeros((1, 4, 4), np.uint8),
+                     np.array([[0, 0, 4, 4]]), MEAN0, STD1)
+    assert o.training
+
+
+# -- the command -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    rng = np.random.default_rng(1)
+    specs = []
+    for _ in range(40):
+        w, h = int(rng.integers(26, 40)), int(rng.integers(30, 44))
+        x0, y0 = int(rng.integers(0, 64 - w)), int(rng.integers(0, 48 - h))
+        specs.append(FakeImage(persons=[(x0, y0, x0 + w, y0 + h)]))
+    make_coco_dir(root, specs, seed=1)
+    ckpt = save_model(tmp_path_factory.mktemp("m") / "model.npz",
+                      tiramisu_tiny(rng=np.random.default_rng(0)),
+                      make_meta(32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]))
+    return root, tmp_path_factory.mktemp("cache"), ckpt
+
+
+def test_command_outputs(setup, tmp_path, capsys):
+    root, cache, ckpt = setup
+    out = tmp_path / "ev"
+    args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split",
+            "val", "--out", str(out), "--worst", "4", "--json"]
+    assert run_main(main, "tinyseg.evaluate", args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["filters"]) == {"default", "wide"}
+    r = res["filters"]["default"]
+    for key in ["images", "person_iou", "mean_iou", "pixel_accuracy", "per_image_iou",
+                "per_image", "worst_picture"]:
+        assert key in r, key
+    assert {"mean", "median", "p10", "histogram"} <= set(r["per_image_iou"])
+    assert len(r["per_image"]) == r["images"]
+    ious = [p["iou"] for p in r["per_image"]]
+    assert ious == sorted(ious)  # worst first
+    assert (out / "worst-default.png").is_file() and (out / "results.json").is_file()
+    # text output, flip, one filter
+    assert run_main(main, "tinyseg.evaluate", args[:-1] + ["--filter", "default", "--flip"]) == 0
+    text = capsys.readouterr().out
+    assert "person IoU" in text and "per-image IoU" in text and "flip" in text
+
+
+def test_command_errors(setup, tmp_path, capsys, monkeypatch):
+    root, cache, ckpt = setup
+    assert run_main(main, "tinyseg.evaluate", ["--checkpoint", str(tmp_path / "no.npz")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    import tinyseg.checkpoint as ck
+    monkeypatch.setattr(ck, "default_weights", lambda: tmp_path / "none.npz")
+    assert run_main(main, "tinyseg.evaluate", ["--data", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "no bundled model" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("TINYSEG_DATA", raising=False)
+    assert run_main(main, "tinyseg.evaluate", ["--checkpoint", str(ckpt)]) == 1
+    assert "TINYSEG_DATA" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--split", "nope"])
+    assert e.value.code == 2

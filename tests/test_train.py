@@ -1,0 +1,295 @@
+"""The training command: run directory, log, best/last checkpoints, resume, divergence.
+
+All runs use the ``tiny`` preset on a made-up COCO directory (``tinyseg.data.fixture``):
+32×32 images, a 3-pool Tiramisu, a handful of batches, so each run takes seconds once the
+numba kernels are compiled.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import tinyseg.train as train_mod
+from tinyseg.checkpoint import load_model, read
+from tinyseg.cli import run_main
+from tinyseg.data.fixture import FakeImage, make_coco_dir
+from tinyseg.train import (PRESETS, Divergence, Trainer, TrainConfig, build_parser,
+                           command_line, load_data, main, preset_config, stream_indices)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One numba and one BLAS thread: on a busy shared 2-core machine, two threads of each
+    per process made these runs 10-20x slower (threads spinning against each other)."""
+    import numba
+    from tinyseg.cli import _set_blas_threads, blas_threads
+    before, blas_before = numba.get_num_threads(), blas_threads()
+    numba.set_num_threads(1)
+    _set_blas_threads(1)
+    yield
+    numba.set_num_threads(before)
+    if blas_before:
+        _set_blas_threads(blas_before)
+
+
+LOG_FIELDS = {"epoch", "images", "loss", "train_iou", "val_loss", "val_iou", "val_mean_iou",
+              "val_pixel_accuracy", "lr", "images_per_s", "train_time", "val_time",
+              "epoch_time", "elapsed", "best", "best_iou", "best_epoch"}
+
+
+def make_data(root, n=48, seed=0):
+    """``n`` pictures of one warm rectangle "person" covering 25-50 % of a 48×64 image."""
+    rng = np.random.default_rng(seed)
+    specs = []
+    for _ in range(n):
+        w, h = int(rng.integers(26, 40)), int(rng.integers(30, 44))
+        x0, y0 = int(rng.integers(0, 64 - w)), int(rng.integers(0, 48 - h))
+        specs.append(FakeImage(persons=[(x0, y0, x0 + w, y0 + h)]))
+    make_coco_dir(root, specs, seed=seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = make_data(tmp_path_factory.mktemp("coco"))
+    cache = tmp_path_factory.mktemp("cache")
+    return root, cache
+
+
+def tiny(data, **kw):
+    """The tiny preset, made smaller still: 2 batches of 4 per epoch, 6 validation images."""
+    root, _ = data
+    kw = {"epoch_images": 8, "val_limit": 6, **kw}
+    return preset_config("tiny", data=str(root), **kw)
+
+
+def new_trainer(cfg, data, run_dir, **kw):
+    train, val = load_data(cfg, data[1], progress=False)
+    return Trainer(cfg, train, val, run_dir, report=lambda *a: None, **kw)
+
+
+def weights(path):
+    _, w, _, _, _ = read(path)
+    return w
+
+
+# -- the stream of images ----------------------------------------------------------------------
+def test_stream_passes_are_permutations_and_windows_agree():
+    n = 7
+    whole = stream_indices(3, n, 0, 5 * n)
+    for q in range(5):
+        assert sorted(whole[q * n:(q + 1) * n]) == list(range(n))
+    assert not np.array_equal(whole[:n], whole[n:2 * n])  # a new order each pass
+    for start, count in [(0, 3), (5, 9), (13, 1), (20, 15)]:
+        np.testing.assert_array_equal(stream_indices(3, n, start, count),
+                                      whole[start:start + count])
+    assert not np.array_equal(stream_indices(4, n, 0, n), whole[:n])  # the seed matters
+
+
+def test_config_checks_and_presets():
+    for name in PRESETS:
+        preset_config(name).check()
+    with pytest.raises(Exception, match="batch-size"):
+        preset_config("tiny", batch_size=1).check()
+    with pytest.raises(Exception, match="lr"):
+        preset_config("tiny", lr=-1.0).check()
+    cfg = preset_config("small", lr=0.01)
+    assert cfg.lr == 0.01 and cfg.size == PRESETS["small"]["size"]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_command_line_repeats_the_config():
+    cfg = preset_config("tiny", lr=0.002, dropout=0.1, augment=False, train_limit=9,
+                        data="/some/where")
+    cmd = command_line(cfg, "runs/x", threads=2).split()
+    args = build_parser().parse_args(cmd[3:])
+    again = train_mod._config_from_args(args)
+    again.data = args.data
+    assert again == cfg
+
+
+# -- a tiny run ----------------------------------------------------------------------------------
+def test_run_directory_and_log(data, tmp_path):
+    cfg = tiny(data)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    tr.write_config()
+    result = tr.run()
+    assert result["status"] == "done" and result["epoch"] == cfg.epochs
+    run = tmp_path / "run"
+    for name in ["config.json", "log.jsonl", "best.npz", "last.npz", "curves.png",
+                 "pictures/epoch_0001.png", f"pictures/epoch_{cfg.epochs:04d}.png"]:
+        assert (run / name).is_file(), name
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["train"] == cfg.to_dict()
+    assert conf["model"] == tr.model.config
+    assert conf["data"]["train_images"] == len(tr.train_data)
+    assert conf["command"].startswith("python -m tinyseg.train --preset tiny")
+    lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == list(range(1, cfg.epochs + 1))
+    for l in lines:
+        assert LOG_FIELDS <= set(l)
+        assert math.isfinite(l["loss"]) and 0 <= l["val_iou"] <= 1
+        assert l["images"] == tr.steps * cfg.batch_size
+    assert lines[0]["lr"] == pytest.approx(cfg.lr)
+    assert lines[1]["lr"] == pytest.approx(cfg.lr * cfg.lr_decay)
+    # last.npz resumes, best.npz is a model with the data's normalisation
+    _, _, meta, state, _ = read(run / "last.npz")
+    assert state["epoch"] == cfg.epochs and state["batch"] == 0
+    model, info = load_model(run / "best.npz")
+    assert info["size"] == cfg.size
+    np.testing.assert_array_equal(info["mean"], tr.train_data.mean)
+
+
+class FakeEval:
+    def __init__(self, iou):
+        self.person_iou, self.mean_iou, self.pixel_accuracy, self.loss = iou, iou, iou, 1 - iou
+
+
+@pytest.mark.parametrize("ious,best_epoch", [([0.5, 0.3, 0.4], 1), ([0.2, 0.3, 0.25], 2),
+                                             ([0.3, 0.3, 0.6], 3)])
+def test_best_only_when_validation_iou_improves(data, tmp_path, monkeypatch, ious, best_epoch):
+    cfg = tiny(data, epochs=len(ious), pictures=0)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    seen = iter(ious)
+    saved = []
+    monkeypatch.setattr(Trainer, "validate", lambda self: FakeEval(next(seen)))
+    real_save = train_mod.save_model
+    monkeypatch.setattr(train_mod, "save_model",
+                        lambda path, model, meta: saved.append(meta["epoch"]) or
+                        real_save(path, model, meta))
+    tr.run()
+    improved = [e + 1 for e, v in enumerate(ious) if v > max([-1.0] + ious[:e])]
+    assert saved == improved
+    _, info = load_model(tmp_path / "run" / "best.npz")
+    assert info["epoch"] == best_epoch and info["val_iou"] == max(ious)
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [l["best"] for l in log] == [e + 1 in improved for e in range(len(ious))]
+
+
+@pytest.mark.parametrize("stop_epoch,stop_batch", [(0, 1), (1, 2)])
+def test_resume_gives_the_uninterrupted_result(data, tmp_path, stop_epoch, stop_batch):
+    """Stopped mid-epoch (or at an epoch's last batch) and resumed == never stopped, bitwise."""
+    cfg = tiny(data, epochs=3)
+    a = new_trainer(cfg, data, tmp_path / "a")
+    a.write_config()
+    assert a.run()["status"] == "done"
+
+    def stop(tr):
+        if tr.epoch == stop_epoch and tr.batch == stop_batch:
+            tr.request_stop()
+
+    b = new_trainer(tiny(data, epochs=3), data, tmp_path / "b", on_batch=stop)
+    b.write_config()
+    first = b.run()
+    assert first["status"] == "stopped"
+    _, _, _, state, _ = read(tmp_path / "b" / "last.npz")
+    assert (state["epoch"], state["batch"]) in {(stop_epoch, stop_batch),
+                                                (stop_epoch + 1, 0)}
+    c = Trainer.resume(tmp_path / "b", cache_dir=data[1], progress=False,
+                       report=lambda *x: None)
+    assert c.run()["status"] == "done"
+
+    wa, wb = weights(tmp_path / "a" / "last.npz"), weights(tmp_path / "b" / "last.npz")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    la = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [(l["epoch"], l["loss"], l["val_iou"]) for l in la] == \
+        [(l["epoch"], l["loss"], l["val_iou"]) for l in lb]
+    ba, bb = weights(tmp_path / "a" / "best.npz"), weights(tmp_path / "b" / "best.npz")
+    for k in ba:
+        np.testing.assert_array_equal(ba[k], bb[k], err_msg=k)
+
+
+def test_huge_learning_rate_stops_with_epoch_and_batch(data, tmp_path):
+    cfg = tiny(data, lr=1e30)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    with pytest.raises(Divergence, match=r"epoch 1, batch \d+ of \d+.*no checkpoint"):
+        tr.run()
+    assert not (tmp_path / "run" / "last.npz").exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    cfg = tiny(data, epochs=3)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    calls = {"n": 0}
+    real = train_mod.softmax_cross_entropy
+    steps = tr.steps
+
+    def poisoned(logits, y, **kw):
+        calls["n"] += 1
+        loss, d = real(logits, y, **kw)
+        return (float("nan") if calls["n"] == steps + 2 else loss), d  # epoch 2, batch 2
+
+    monkeypatch.setattr(train_mod, "softmax_cross_entropy", poisoned)
+    last = tmp_path / "run" / "last.npz"
+    with pytest.raises(Divergence, match=r"nan at epoch 2, batch 2 of 2 .*still holds"):
+        tr.run()
+    _, _, _, state, _ = read(last)
+    assert state["epoch"] == 1 and state["batch"] == 0
+    for k, v in weights(last).items():
+        assert np.all(np.isfinite(v)), k
+
+
+def test_time_budget_stops_resumably(data, tmp_path):
+    cfg = tiny(data)
+    tr = new_trainer(cfg, data, tmp_path / "run", max_seconds=0.0)
+    result = tr.run()
+    assert result["status"] == "stopped" and result["reason"] == "time budget reached"
+    _, _, _, state, _ = read(tmp_path / "run" / "last.npz")
+    assert (state["epoch"], state["batch"]) == (0, 0)
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_help_lists_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--preset", "--data", "--filter", "--out", "--resume", "--size", "--batch-size",
+                 "--epochs", "--epoch-images", "--lr", "--lr-decay", "--weight-decay",
+                 "--rms-alpha", "--rms-eps", "--dropout", "--augment", "--seed", "--threads",
+                 "--max-minutes"]:
+        assert flag in text, flag
+    assert "default" in text and "small 64" in text
+
+
+def test_bad_flags_exit_2_and_user_errors_exit_1(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        main(["--size", "big"])
+    assert e.value.code == 2
+    capsys.readouterr()
+    monkeypatch.delenv("TINYSEG_DATA", raising=False)
+    assert run_main(main, "tinyseg.train", ["--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinyseg.train: error:") and "TINYSEG_DATA" in err
+    assert len(err.splitlines()) == 1
+    assert run_main(main, "tinyseg.train", ["--resume", str(tmp_path / "nothing")]) == 1
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
+    root, cache = data
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # --threads sets them: restored after the test
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--data", str(root), "--cache", str(cache), "--out", str(out),
+            "--epochs", "1", "--quiet", "--threads", "1"]
+    assert run_main(main, "tinyseg.train", args) == 0
+    text = capsys.readouterr().out
+    assert "epoch 1/1" in text and "test split" in text
+    tests = json.loads((out / "test.json").read_text())
+    assert {"person_iou", "mean_iou", "pixel_accuracy"} <= set(tests["default"])
+    # the same --out again is refused; --resume with more epochs goes on
+    assert run_main(main, "tinyseg.train", args) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_main(main, "tinyseg.train", ["--resume", str(out), "--epochs", "2", "--quiet",
+                                            "--cache", str(cache), "--no-test"]) == 0
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["train"]["epochs"] == 2 and conf["resumed"][0]["epoch"] == 1
+    assert "--epochs 2" in conf["command"]
+    assert run_main(main, "tinyseg.train", ["--resume", str(out), "--lr", "1"]) == 1
+    assert "cannot be changed when resuming" in capsys.readouterr().err

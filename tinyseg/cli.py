@@ -1,0 +1,133 @@
+"""What the three commands (``train``, ``evaluate``, ``cutout``) share: exit codes and threads.
+
+The commands follow one convention (README, "Commands"):
+
+* exit code 0 on success;
+* exit code 1 on a *user* error (a missing file, a bad checkpoint, no data): one line on
+  standard error, ``tinyseg.<command>: error: <message>``, and no traceback;
+* exit code 2 on bad flags (argparse's own behaviour).
+
+A command's ``main(argv)`` raises :class:`UserError` for the second case and
+:func:`run_main` turns it into the message and the exit code.
+
+Threads
+-------
+``--threads N`` limits both kinds of parallel code tinyseg runs: the numba kernels
+(``numba.set_num_threads``) and the BLAS library NumPy uses for matrix products (OpenBLAS).
+OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
+imported, which has already happened by the time a command parses its flags; so
+:func:`set_threads` also asks the loaded OpenBLAS directly through its C function
+``openblas_set_num_threads`` (found with :mod:`ctypes`).  That is what ``threadpoolctl``
+does, in the twenty lines tinyseg needs, without a new dependency.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+from typing import Callable, List, Optional, Sequence
+
+__all__ = ["UserError", "run_main", "set_threads", "available_threads", "blas_threads",
+           "HelpFormatter"]
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class UserError(Exception):
+    """Something the user can fix (a path, a flag value, missing data): exit code 1."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, unless its text already says it (or it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], int], prog: str,
+             argv: Optional[Sequence[str]] = None) -> int:
+    """Call ``main(argv)``; a :class:`UserError` becomes one line on stderr and exit code 1."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def available_threads() -> int:
+    """The most threads numba can use in this process (its pool is sized at start-up)."""
+    import numba
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _openblas_libraries() -> List[str]:
+    """Paths of the OpenBLAS shared libraries loaded in this process (Linux only)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return []
+    return sorted(p for p in paths if ".so" in p)
+
+
+def _set_blas_threads(n: int) -> bool:
+    done = False
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        # NumPy's wheels ship "scipy-openblas", whose symbols carry a prefix and suffix.
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn.restype = None
+                fn(int(n))
+                done = True
+                break
+    return done
+
+
+def blas_threads() -> Optional[int]:
+    """Threads the loaded OpenBLAS uses now (``None`` if no OpenBLAS is found)."""
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                     "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_int
+                return int(fn())
+    return None
+
+
+def set_threads(n: Optional[int]) -> int:
+    """Use ``n`` threads in numba kernels and in BLAS; ``None`` keeps the defaults.
+
+    Returns the number of numba threads now in use.  Raises :class:`UserError` when ``n``
+    is below 1 or above what numba's thread pool was started with.
+    """
+    import numba
+    if n is None:
+        return int(numba.get_num_threads())
+    n = int(n)
+    limit = available_threads()
+    if n < 1:
+        raise UserError(f"--threads must be at least 1, got {n}")
+    if n > limit:
+        raise UserError(f"--threads {n} is more than the {limit} threads numba can use here "
+                        f"(set NUMBA_NUM_THREADS before starting Python to raise the limit)")
+    for var in _THREAD_ENV:            # for any process started from here on
+        os.environ[var] = str(n)
+    numba.set_num_threads(n)
+    _set_blas_threads(n)
+    return n

@@ -1,0 +1,208 @@
+"""``python -m tinyseg.cutout photo.jpg``: keep the person, make the background transparent.
+
+For every photo:
+
+1. read it and turn it upright as the camera meant (``PIL.ImageOps.exif_transpose``: phone
+   photos are often stored sideways with an EXIF "orientation" tag);
+2. person probability ``p`` at every pixel of the full-resolution photo
+   (``tinyseg.infer.photo_probability``: letterbox to the model's size, run the network,
+   crop the padding, resize the probabilities *bilinearly* to the photo);
+3. the alpha (opacity) of each pixel: ``α = 1`` where ``p ≥ threshold`` else 0, or with
+   ``--soft`` ``α = p`` itself (soft edges, partly transparent where the model is unsure);
+4. write a PNG: RGBA with that alpha (default); or the photo composited on a solid colour,
+   ``out = α · photo + (1 − α) · colour`` (``--background``); or the mask alone, ``255 α``
+   (``--mask``).
+
+Outputs are ``<name>-cutout.png`` (or ``<name>-mask.png``) in ``-o DIR`` (default: the current
+directory).  A file that cannot be read is reported by name; the others are still done, and
+the exit code is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+
+from .cli import HelpFormatter, UserError, run_main, set_threads
+from .data.images import BadImage, image_to_rgb
+from .io import atomic_write_bytes
+
+PROG = "tinyseg.cutout"
+
+__all__ = ["read_photo", "alpha_from_probability", "compose", "cutout_file", "parse_color"]
+
+
+def read_photo(path) -> np.ndarray:
+    """The photo as upright ``uint8 (H, W, 3)`` RGB (EXIF orientation applied).
+
+    Raises ``BadImage`` with the reason for missing, unreadable or unsupported files.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+            return image_to_rgb(upright if upright is not None else im)
+    except BadImage:
+        raise
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
+    except IsADirectoryError:
+        raise BadImage("is a directory") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage(f"corrupt or truncated ({e})") from None
+
+
+def alpha_from_probability(p: np.ndarray, threshold: float = 0.5,
+                           soft: bool = False) -> np.ndarray:
+    """``uint8 (H, W)`` alpha: ``255·[p ≥ threshold]``, or ``round(255·p)`` when ``soft``."""
+    if soft:
+        return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
+    return np.where(p >= threshold, 255, 0).astype(np.uint8)
+
+
+def compose(rgb: np.ndarray, alpha: np.ndarray, mode: str = "rgba",
+            background: Optional[Tuple[int, int, int]] = None) -> Image.Image:
+    """The output picture: ``mode`` ``'rgba'`` (transparent background), ``'mask'`` (L), or
+    with ``background`` an RGB picture on that colour: ``α·photo + (1 − α)·colour``."""
+    if mode == "mask":
+        return Image.fromarray(alpha, mode="L")
+    if background is not None:
+        a = alpha.astype(np.float32)[:, :, None] / 255.0
+        bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+        out = a * rgb.astype(np.float32) + (1.0 - a) * bg
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+
+
+def parse_color(text: str) -> Tuple[int, int, int]:
+    """``'white'``, ``'#00ff00'``, ``'0,255,0'`` or ``'rgb(0,255,0)'`` -> (r, g, b)."""
+    t = text.strip()
+    if t.count(",") == 2 and not t.lower().startswith(("rgb", "hsl", "hsv")):
+        t = f"rgb({t})"
+    try:
+        c = ImageColor.getrgb(t)
+    except ValueError:
+        raise UserError(f"--background: cannot read colour {text!r} (use a name like 'white', "
+                        "'#00ff00' or '0,255,0')") from None
+    return tuple(int(v) for v in c[:3])
+
+
+def cutout_file(predictor, path, out_path, mode: str = "rgba", threshold: float = 0.5,
+                soft: bool = False, background=None, flip: bool = False) -> Tuple[int, int]:
+    """Cut out one photo and write the PNG; returns the photo's (width, height)."""
+    from .infer import photo_probability
+
+    rgb = read_photo(path)
+    p = photo_probability(predictor, rgb, flip=flip)
+    alpha = alpha_from_probability(p, threshold, soft)
+    img = compose(rgb, alpha, mode, background)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(out_path, buf.getvalue())
+    return rgb.shape[1], rgb.shape[0]
+
+
+def output_names(inputs: Sequence[str], out_dir: Path, suffix: str) -> List[Path]:
+    """``<stem><suffix>.png`` in ``out_dir`` for each input; repeated stems get -2, -3, …"""
+    used, names = set(), []
+    for inp in inputs:
+        stem = Path(inp).stem or "photo"
+        name, k = f"{stem}{suffix}.png", 2
+        while name in used:
+            name, k = f"{stem}{suffix}-{k}.png", k + 1
+        used.add(name)
+        names.append(out_dir / name)
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tinyseg.cutout",
+        description="Remove the background of photos of people: writes one PNG per photo, at "
+                    "the photo's full resolution, with the person kept and the background "
+                    "transparent (or a solid colour, or just the mask).",
+        epilog="Exit codes: 0 all photos done, 1 some photo could not be read (the others are "
+               "still written) or no model, 2 bad flags.",
+        formatter_class=HelpFormatter)
+    a = p.add_argument
+    a("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, ...)")
+    a("-o", "--out", metavar="DIR", default=".",
+      help="output directory; files are named <photo name>-cutout.png (or -mask.png)")
+    a("--checkpoint", metavar="FILE", default=None,
+      help="model to use (default: the bundled model, tinyseg/weights/person.npz)")
+    a("--mask", action="store_true",
+      help="write only the mask (grayscale PNG: 255 person, 0 background)")
+    a("--background", metavar="COLOR", default=None,
+      help="put the person on this solid colour instead of transparency (a name like "
+           "'white', '#00ff00' or '0,255,0'); writes RGB")
+    a("--threshold", type=float, metavar="T", default=0.5,
+      help="person where the probability is at least this")
+    a("--soft", action="store_true",
+      help="use the probability itself as the alpha (soft, partly transparent edges) "
+           "instead of thresholding")
+    a("--flip", action="store_true",
+      help="average with the prediction of the mirrored photo (slower, a little better)")
+    a("--threads", type=int, metavar="N", default=None,
+      help="threads for the numba kernels and BLAS (default: all cores)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .checkpoint import CheckpointError
+    from .evaluate import resolve_checkpoint
+    from .infer import Predictor
+
+    args = build_parser().parse_args(argv)
+    if not 0.0 < args.threshold < 1.0:
+        raise UserError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.mask and args.background is not None:
+        raise UserError("--mask and --background exclude each other")
+    background = parse_color(args.background) if args.background is not None else None
+    set_threads(args.threads)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    try:
+        predictor = Predictor.from_file(ckpt)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
+    mode = "mask" if args.mask else "rgba"
+    names = output_names(args.photos, out_dir, "-mask" if args.mask else "-cutout")
+    failed = 0
+    for photo, target in zip(args.photos, names):
+        try:
+            if Path(photo).resolve() == target.resolve():
+                raise BadImage("the output would overwrite the input; choose another -o")
+            w, h = cutout_file(predictor, photo, target, mode, args.threshold, args.soft,
+                               background, args.flip)
+        except BadImage as e:
+            failed += 1
+            print(f"{PROG}: {photo}: skipped: {e}", file=sys.stderr)
+            continue
+        except OSError as e:
+            failed += 1
+            print(f"{PROG}: {photo}: cannot write {target} ({e.strerror or e})",
+                  file=sys.stderr)
+            continue
+        print(f"{photo} ({w}x{h}) -> {target}")
+    if failed:
+        print(f"{PROG}: {len(args.photos) - failed} of {len(args.photos)} photos written, "
+              f"{failed} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, PROG))

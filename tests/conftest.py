@@ -2,8 +2,12 @@
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One BLAS thread before NumPy loads OpenBLAS: numba's and OpenBLAS's spinning thread pools
+# fight over the two cores otherwise (see tinyseg/cli.py, "Threads"); the commands do the same.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,15 @@ A command's ``main(argv)`` raises :class:`UserError` for the second case and
 
 Threads
 -------
-``--threads N`` limits both kinds of parallel code tinyseg runs: the numba kernels
-(``numba.set_num_threads``) and the BLAS library NumPy uses for matrix products (OpenBLAS).
-OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
+``--threads N`` sets the threads of the numba kernels (``numba.set_num_threads``); the BLAS
+library NumPy uses for matrix products (OpenBLAS) is kept at **one** thread.  Measured on a
+2-core machine (one training step of ``tiramisu_tiny``, 64x64, batch 8, idle machine):
+numba 2 + BLAS 1 thread: 22 images/s; numba 1 + BLAS 1: 15.5; numba 2 + BLAS 2: 8.9.  Two
+thread pools that both spin-wait for work fight over the same cores (numba's OpenMP
+workers after each parallel loop, OpenBLAS's after each product), and on a busy machine
+the two-pool setting was 10-20x slower still.  The convolutions' products are many and
+medium-sized, so they gain little from BLAS threads anyway.  Set ``TINYSEG_BLAS_THREADS``
+to override.  OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
 imported, which has already happened by the time a command parses its flags; so
 :func:`set_threads` also asks the loaded OpenBLAS directly through its C function
 ``openblas_set_num_threads`` (found with :mod:`ctypes`).  That is what ``threadpoolctl``
@@ -111,13 +117,15 @@ def blas_threads() -> Optional[int]:
 
 
 def set_threads(n: Optional[int]) -> int:
-    """Use ``n`` threads in numba kernels and in BLAS; ``None`` keeps the defaults.
+    """Use ``n`` numba threads (``None``: all cores) and one BLAS thread (see above).
 
     Returns the number of numba threads now in use.  Raises :class:`UserError` when ``n``
     is below 1 or above what numba's thread pool was started with.
     """
     import numba
+    blas = int(os.environ.get("TINYSEG_BLAS_THREADS", "1"))
     if n is None:
+        _set_blas_threads(blas)
         return int(numba.get_num_threads())
     n = int(n)
     limit = available_threads()
@@ -127,7 +135,7 @@ def set_threads(n: Optional[int]) -> int:
         raise UserError(f"--threads {n} is more than the {limit} threads numba can use here "
                         f"(set NUMBA_NUM_THREADS before starting Python to raise the limit)")
     for var in _THREAD_ENV:            # for any process started from here on
-        os.environ[var] = str(n)
+        os.environ[var] = str(blas)
     numba.set_num_threads(n)
-    _set_blas_threads(n)
+    _set_blas_threads(blas)
     return n

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--flip", action="store_true",
       help="average with the prediction of the mirrored photo (slower, a little better)")
     a("--threads", type=int, metavar="N", default=None,
-      help="threads for the numba kernels and BLAS (default: all cores)")
+      help="threads for the numba kernels; BLAS keeps one thread, see tinyseg/cli.py (default: all cores)")
     return p
 
 

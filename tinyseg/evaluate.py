@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="score only the first N images of each split (default: all)")
     a("--batch-size", type=int, metavar="N", default=16, help="images per forward pass")
     a("--threads", type=int, metavar="N", default=None,
-      help="threads for the numba kernels and BLAS (default: all cores)")
+      help="threads for the numba kernels; BLAS keeps one thread, see tinyseg/cli.py (default: all cores)")
     a("--cache", metavar="DIR", default=None,
       help="data cache directory (default: $TINYSEG_CACHE or ~/.cache/tinyseg)")
     a("--json", action="store_true", help="print the results as JSON instead of text")

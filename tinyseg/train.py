@@ -852,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pictures", type=int, metavar="N", default=None,
       help="validation images drawn in each epoch's picture (default: 6)")
     a("--threads", type=int, metavar="N", default=None,
-      help="threads for the numba kernels and BLAS (default: all cores)")
+      help="threads for the numba kernels; BLAS keeps one thread, see tinyseg/cli.py (default: all cores)")
     a("--cache", metavar="DIR", default=None,
       help="where the resized data is cached (default: $TINYSEG_CACHE or ~/.cache/tinyseg)")
     a("--max-minutes", type=float, metavar="M", default=None,

@@ -178,8 +178,11 @@ class TrainConfig:
 PRESETS: Dict[str, dict] = {
     "tiny": dict(model="tiramisu_tiny", size=32, batch_size=4, epochs=2, epoch_images=16,
                  lr=1e-3, lr_decay=0.995, filter="default", pictures=3),
-    "small": dict(model="tiramisu_tiny", size=64, batch_size=8, epochs=14, epoch_images=500,
-                  lr=2e-3, lr_decay=0.85, dropout=0.0, filter="wide"),
+    # small: measured on the shared data, one thread, a busy machine: with the 'default'
+    # filter, lr 1e-3 x 0.95 and 12 epochs, 0.599 test IoU against 0.46 for the same run on
+    # the 'wide' filter's images (which are mostly small people); see README, "Training".
+    "small": dict(model="tiramisu_tiny", size=64, batch_size=8, epochs=16, epoch_images=500,
+                  lr=1e-3, lr_decay=0.95, dropout=0.0, filter="default"),
     "medium": dict(model="tiramisu_small", size=96, batch_size=8, epochs=40,
                    epoch_images=500, lr=1e-3, lr_decay=0.95, filter="wide"),
     "fcdensenet56": dict(model="fc_densenet56", size=128, batch_size=4, epochs=100,

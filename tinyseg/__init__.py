@@ -19,11 +19,19 @@ from .optim import RMSprop, ExponentialLR
 from .metrics import (confusion_matrix, iou_per_class, mean_iou, pixel_accuracy,
                       person_iou, per_image_iou, IoUMeter)
 from .gradcheck import gradcheck, numerical_gradient, relative_error
+from .cli import set_threads, _set_blas_threads
+
+# One BLAS thread unless TINYSEG_BLAS_THREADS says otherwise: numba's and OpenBLAS's
+# spin-waiting thread pools fight over the cores, and tinyseg's many medium-sized matrix
+# products gain little from BLAS threads (measurements in tinyseg/cli.py, "Threads").
+# This changes the process's OpenBLAS setting; set TINYSEG_BLAS_THREADS to keep yours.
+import os as _os
+_set_blas_threads(int(_os.environ.get("TINYSEG_BLAS_THREADS", "1")))
 
 __all__ = [
     "Layer", "Conv2d", "ConvTranspose2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d",
     "Concat", "concat", "split_grad", "he_uniform", "softmax_cross_entropy", "RMSprop",
     "ExponentialLR", "confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy",
     "person_iou", "per_image_iou", "IoUMeter", "gradcheck", "numerical_gradient",
-    "relative_error",
+    "relative_error", "set_threads",
 ]

@@ -1,4 +1,4 @@
-"""tinyseg's Tiramisu against the same network written in PyTorch (tests/torch_tiramisu.py).
+"""tinyseg's Tiramisu against the same network written in PyTorch (benchmarks/torch_tiramisu.py, shared with the benchmarks).
 
 The PyTorch model is built from the tinyseg model's ``config`` and gets its weights by name
 (``load_state_dict(strict=True)``, so every name must exist on both sides).  Float64 on both
@@ -6,8 +6,14 @@ sides; logits, the input gradient and every parameter gradient must agree to TOL
 of the array's largest value (gradients: of the model's largest gradient), running
 statistics to TOL.  Skipped without PyTorch.
 """
+import sys
+
 import numpy as np
 import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))  # ``benchmarks`` is a top-level directory, not installed
 
 from tinyseg.tiramisu import Tiramisu, TransitionUp
 
@@ -30,7 +36,7 @@ def make(efficient, **kw):
 
 @pytest.mark.parametrize("efficient", [True, False])
 def test_logits_and_every_gradient_match_pytorch(torch, efficient):
-    from torch_tiramisu import from_tinyseg
+    from benchmarks.torch_tiramisu import from_tinyseg
 
     model = make(efficient)
     net = from_tinyseg(model)
@@ -64,7 +70,7 @@ def test_logits_and_every_gradient_match_pytorch(torch, efficient):
 
 
 def test_transition_up_centre_crop_matches_pytorch(torch):
-    from torch_tiramisu import TransitionUp as TorchUp
+    from benchmarks.torch_tiramisu import TransitionUp as TorchUp
 
     up = TransitionUp(4, 3, rng=np.random.default_rng(0), dtype=np.float64)
     tup = TorchUp(4, 3).double()

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor
 
 from .cli import HelpFormatter, UserError, run_main, set_threads
-from .data.images import BadImage, image_to_rgb
+from .data.images import BadImage, read_image
 from .io import atomic_write_bytes
 
 PROG = "tinyseg.cutout"
@@ -42,23 +42,7 @@ def read_photo(path) -> np.ndarray:
 
     Raises ``BadImage`` with the reason for missing, unreadable or unsupported files.
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            upright = ImageOps.exif_transpose(im)
-            return image_to_rgb(upright if upright is not None else im)
-    except BadImage:
-        raise
-    except FileNotFoundError:
-        raise BadImage("file not found") from None
-    except IsADirectoryError:
-        raise BadImage("is a directory") from None
-    except UnidentifiedImageError:
-        raise BadImage("not an image file (unrecognised format)") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"too large ({e})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise BadImage(f"corrupt or truncated ({e})") from None
+    return read_image(path, upright=True)
 
 
 def alpha_from_probability(p: np.ndarray, threshold: float = 0.5,

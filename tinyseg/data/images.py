@@ -32,7 +32,7 @@ import os
 from typing import Tuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -69,16 +69,25 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
     raise BadImage(f"unsupported pixel mode {mode!r}")
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """The file at ``path`` as ``uint8 (H, W, 3)`` RGB, or ``BadImage`` with the reason."""
+def read_image(path: PathLike, upright: bool = False) -> np.ndarray:
+    """The file at ``path`` as ``uint8 (H, W, 3)`` RGB, or ``BadImage`` with the reason.
+
+    ``upright=True`` applies the EXIF orientation (a phone photo as it is meant to be seen);
+    COCO's annotations are drawn on the stored pixels, so the data path leaves it off.
+    """
     try:
         with Image.open(path) as im:
             im.load()  # decodes now: truncated or corrupt data fails here, not later
+            if upright:
+                turned = ImageOps.exif_transpose(im)
+                return image_to_rgb(turned if turned is not None else im)
             return image_to_rgb(im)
     except BadImage:
         raise
     except FileNotFoundError:
         raise BadImage("file not found") from None
+    except IsADirectoryError:
+        raise BadImage("is a directory") from None
     except UnidentifiedImageError:
         raise BadImage("not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as e:

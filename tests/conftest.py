@@ -40,3 +40,18 @@ def torch():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One numba thread for a module's tests, restored afterwards.
+
+    Whole training or inference loops on a busy shared 2-core machine ran 10-20x slower with
+    two threads per process (the thread pools spinning against each other); one thread keeps
+    such tests quick wherever they run.  (BLAS is already at one thread, see above.)
+    """
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)

@@ -18,18 +18,8 @@ from tinyseg.train import (PRESETS, Divergence, Trainer, TrainConfig, build_pars
                            command_line, load_data, main, preset_config, stream_indices)
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One numba and one BLAS thread: on a busy shared 2-core machine, two threads of each
-    per process made these runs 10-20x slower (threads spinning against each other)."""
-    import numba
-    from tinyseg.cli import _set_blas_threads, blas_threads
-    before, blas_before = numba.get_num_threads(), blas_threads()
-    numba.set_num_threads(1)
-    _set_blas_threads(1)
-    yield
-    numba.set_num_threads(before)
-    if blas_before:
-        _set_blas_threads(blas_before)
+def _one_thread(one_thread_module):
+    """These tests run whole training/inference loops: one numba thread (see conftest)."""
 
 
 LOG_FIELDS = {"epoch", "images", "loss", "train_iou", "val_loss", "val_iou", "val_mean_iou",

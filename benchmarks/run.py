@@ -334,6 +334,38 @@ def _status_kb(field: str) -> Optional[int]:
     return None
 
 
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_snapshot(pids: Sequence[int]) -> Optional[Tuple[float, float, float]]:
+    """``(busy, own, when)``: CPU seconds the whole machine has been busy, CPU seconds of
+    the processes ``pids``, and the wall clock; ``None`` where /proc is missing."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(v) - v[3] - (v[4] if len(v) > 4 else 0)  # all but idle and iowait
+        own = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])  # utime, stime
+        return busy / _HZ, own / _HZ, time.perf_counter()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def other_cores(start, end) -> Optional[float]:
+    """How many cores, on average, processes *other* than the measured ones kept busy
+    between two :func:`cpu_snapshot` calls (0 on an idle machine; the tables flag rows
+    above :data:`BUSY_CORES`)."""
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
+
+
+BUSY_CORES = 0.25
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's resident-set high-water mark (Linux ≥ 4.0); False if not
     possible."""
@@ -545,6 +577,7 @@ def model_step_main(spec: dict) -> dict:
         def step():
             return step_fn(x, t)
     budget = spec.get("budget", 600.0)
+    cpu0 = cpu_snapshot([os.getpid()])
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         loss0 = step()
@@ -552,6 +585,7 @@ def model_step_main(spec: dict) -> dict:
         # fewer timed steps (at least one) when they would not fit in the time budget
         reps = max(1, min(spec["reps"], int(budget / max(first, 1e-9))))
         timing = measure(step, reps, 0.0)
+    result["other_cores"] = other_cores(cpu0, cpu_snapshot([os.getpid()]))
     result.update({"first": first, "step": timing, "loss": loss0, "peak_rss": mem.peak,
                    "rss_before": mem.start, "rss_reset": mem.reset,
                    "ru_maxrss": mem.ru_maxrss, "images_per_second":
@@ -790,6 +824,8 @@ def run_kernels(records: Dict[str, dict], threads: int, opts, torch_ok: bool, lo
                            "distinct": len(group), "cases": []}
                     smallest = min(range(len(chosen)),
                                    key=lambda i: cases.work(chosen[i][0])[1])
+                    pids = [os.getpid(), ts.proc.pid] + ([tw.proc.pid] if tw else [])
+                    cpu0 = cpu_snapshot(pids)
                     for i, (call, count) in enumerate(chosen):
                         task = {"task": "kernel", "call": call, "reps": opts.reps,
                                 "min_rep": opts.min_rep, "max_seconds": opts.max_seconds}
@@ -798,11 +834,13 @@ def run_kernels(records: Dict[str, dict], threads: int, opts, torch_ok: bool, lo
                         if tw:
                             r["torch"] = tw({**task, "check": i == smallest})
                         res["cases"].append(r)
+                    res["other_cores"] = other_cores(cpu0, cpu_snapshot(pids))
                     summarize_group(res)
                     out["groups"].append(res)
                     _say(f"  [{threads} thr] {preset:>12} b{batch} {op:<15} "
                          f"{_fmt_ms(res.get('tinyseg_s'))} ms  ref {_fmt_ms(res.get('ref_s'))}"
-                         f"  torch {_fmt_ms(res.get('torch_s'))}  {res['status']}",
+                         f"  torch {_fmt_ms(res.get('torch_s'))}  {res['status']}"
+                         f"  (others: {_fmt_cores(res.get('other_cores'))} cores)",
                          opts.quiet)
         out["loadavg_end"] = ts({"task": "loadavg"})["loadavg"]
     finally:
@@ -959,7 +997,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
 
 KERNEL_HEADER = ["op", "preset (model, size)", "batch", "calls/step", "check (tol)",
                  "tinyseg ms", "GFLOP/s", "% peak", "GB/s", "NumPy ref ms", "speed-up",
-                 "PyTorch ms", "tinyseg/PyTorch"]
+                 "PyTorch ms", "tinyseg/PyTorch", "others' cores"]
+
+
+def _fmt_cores(v: Optional[float]) -> str:
+    """Cores other processes used during a measurement; flagged above BUSY_CORES."""
+    if v is None:
+        return "n/a"
+    return f"{v:.1f}" + (" ⚠" if v > BUSY_CORES else "")
 
 
 def kernel_rows(groups: Sequence[dict], peak_gflops: Optional[float]) -> List[List[str]]:
@@ -972,14 +1017,15 @@ def kernel_rows(groups: Sequence[dict], peak_gflops: Optional[float]) -> List[Li
         measured = len(g["cases"])
         if measured < g["distinct"]:
             n_calls += f" ({measured}/{g['distinct']} shapes)"
+        busy = _fmt_cores(g.get("other_cores"))
         if g["status"] == "refused":
             check = f"**REFUSED** {g['check_error']:.1e} > {g['tol']:.0e}"
             rows.append([name, where, str(g["batch"]), n_calls, check] +
-                        ["—"] * (len(KERNEL_HEADER) - 5))
+                        ["—"] * (len(KERNEL_HEADER) - 6) + [busy])
             continue
         if g["status"] == "error":
             rows.append([name, where, str(g["batch"]), n_calls, "error: " +
-                         str(g.get("error"))[:60]] + ["—"] * (len(KERNEL_HEADER) - 5))
+                         str(g.get("error"))[:60]] + ["—"] * (len(KERNEL_HEADER) - 6) + [busy])
             continue
         t = g["tinyseg_s"]
         gf = g["flops"] / t / 1e9 if g.get("flops") else None
@@ -994,7 +1040,7 @@ def kernel_rows(groups: Sequence[dict], peak_gflops: Optional[float]) -> List[Li
             f"{100 * gf / peak_gflops:.0f}%" if gf is not None and peak_gflops else "—",
             f"{g['bytes'] / t / 1e9:.1f}" if gf is None else "—",
             _fmt_ms(g.get("ref_s")), _fmt_ratio(g.get("ref_s"), t, 1),
-            torch_cell, _fmt_ratio(t, g.get("torch_s"))])
+            torch_cell, _fmt_ratio(t, g.get("torch_s")), busy])
     return rows
 
 
@@ -1022,7 +1068,7 @@ def case_rows(groups: Sequence[dict], ops: Sequence[str]) -> List[List[str]]:
 
 MODEL_HEADER = ["preset (model, size)", "batch", "tinyseg step ms", "img/s", "peak RSS",
                 "PyTorch step ms", "img/s ", "peak RSS ", "time tinyseg/PyTorch",
-                "memory tinyseg/PyTorch"]
+                "memory tinyseg/PyTorch", "others' cores"]
 
 
 def model_rows(rows: Sequence[dict]) -> List[List[str]]:
@@ -1040,9 +1086,11 @@ def model_rows(rows: Sequence[dict]) -> List[List[str]]:
             return [f"{_fmt_ms(s['median'])} ±{100 * spread:.0f}%",
                     f"{d['images_per_second']:.2f}", _fmt_bytes(d.get("peak_rss"))]
         a, b = cells(ts), cells(th)
+        busy = [v for v in (ts.get("other_cores"), th.get("other_cores")) if v is not None]
         out.append([f"{r['preset']} ({r['model']}, {r['size']}²)", str(r["batch"])] + a + b +
                     [_fmt_ratio(_get(ts, "step", "median"), _get(th, "step", "median")),
-                     _fmt_ratio(ts.get("peak_rss"), th.get("peak_rss"))])
+                     _fmt_ratio(ts.get("peak_rss"), th.get("peak_rss")),
+                     _fmt_cores(max(busy)) if busy else "n/a"])
     return out
 
 
@@ -1218,7 +1266,12 @@ def to_markdown(results: dict) -> str:
               "per second, for the memory-bound kernels.  PyTorch runs the operator that "
               "does the same job (`aten.convolution_backward`, `native_batch_norm_backward`, "
               "…) on the same shapes with the same number of threads.  Peak RSS is the growth "
-              "of the process's resident memory during the training steps.", ""]
+              "of the process's resident memory during the training steps.  *Others' cores*: "
+              "how many cores other processes on the machine kept busy, on average, while a "
+              f"row was measured (from /proc/stat); rows above {BUSY_CORES} (⚠) were measured "
+              "on a shared machine and their times, especially with 2 threads, are not to be "
+              "trusted: a parallel loop waits for its slowest thread, and a thread that has "
+              "to share its core with another process arrives late.", ""]
     return "\n".join(lines)
 
 

@@ -199,7 +199,7 @@ def test_number_formats():
 
 def _group(op, status="ok", ts=0.003, th=0.002, cases_=1, distinct=1):
     g = {"op": op, "preset": "p", "model": "m", "size": 32, "batch": 4, "calls_per_step": 3,
-         "distinct": distinct, "cases": [{}] * cases_, "status": status,
+         "distinct": distinct, "cases": [{}] * cases_, "status": status, "other_cores": 0.6,
          "check_error": 2e-7 if status == "ok" else 0.5, "tol": 1e-4}
     if status == "ok":
         g.update({"tinyseg_s": ts, "spread": 0.05, "ref_s": 0.03, "torch_s": th,
@@ -214,7 +214,8 @@ def test_kernel_rows_refused_and_missing_torch():
     ok, refused, no_torch = rows
     assert ok[5].startswith("3.00") and ok[6] == "10.0" and ok[7] == "10%"
     assert ok[9] == "30.0" and ok[10] == "10.0×" and ok[11] == "2.00" and ok[12] == "1.50×"
-    assert "REFUSED" in refused[4] and all(c == "—" for c in refused[5:])
+    assert "REFUSED" in refused[4] and all(c == "—" for c in refused[5:-1])
+    assert ok[13] == refused[13] == "0.6 ⚠"      # other processes were busy: flagged
     assert no_torch[11] == "n/a" and no_torch[12] == "n/a"
 
 
@@ -255,6 +256,20 @@ def test_thread_environment(monkeypatch):
     assert env["NUMBA_NUM_THREADS"] == "3" and env["OPENBLAS_NUM_THREADS"] == "1"
     env = run.thread_env(2, "tinyseg", blas_threads=2)
     assert env["OPENBLAS_NUM_THREADS"] == "2" == env["TINYSEG_BLAS_THREADS"]
+
+
+def test_other_processes_cpu_accounting():
+    # (machine busy seconds, our processes' seconds, wall clock)
+    assert run.other_cores((10.0, 4.0, 100.0), (13.0, 5.0, 101.0)) == pytest.approx(2.0)
+    assert run.other_cores((10.0, 4.0, 100.0), (11.0, 5.0, 101.0)) == 0.0  # idle machine
+    assert run.other_cores(None, (1.0, 1.0, 1.0)) is None
+    assert run._fmt_cores(0.1) == "0.1" and run._fmt_cores(1.2) == "1.2 ⚠"
+    assert run._fmt_cores(None) == "n/a"
+    snap = run.cpu_snapshot([os.getpid()])
+    if snap is None:
+        pytest.skip("no /proc on this system")
+    busy, own, _ = snap
+    assert busy >= 0 and own > 0
 
 
 def test_peak_rss_sees_a_large_allocation():

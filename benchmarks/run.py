@@ -41,8 +41,6 @@ n/a.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import datetime as _dt
 import gc
 import importlib.util
@@ -261,24 +259,9 @@ def thread_env(threads: int, side: str = "tinyseg",
 
 
 def _openblas_threads() -> Optional[int]:
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({line.split()[-1] for line in f
-                           if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return None
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                     "openblas_get_num_threads64_", "openblas_get_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                return int(fn())
-    return None
+    """Threads the loaded OpenBLAS uses now (``None`` if none is found): tinyseg's own query."""
+    from tinyseg.cli import blas_threads
+    return blas_threads()
 
 
 def matmul_peak(side: str, threads: int, n: int = 2048, reps: int = 5) -> dict:

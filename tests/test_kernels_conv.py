@@ -158,6 +158,57 @@ def test_row_blocks(chunk_bytes, monkeypatch):
                 close(got, want, TOL64)
 
 
+@pytest.fixture
+def threads(monkeypatch):
+    """Set how many images the conv kernels run at once (their ``_threads()``), for one test.
+
+    Patched rather than ``numba.set_num_threads``: numba's pool may have fewer threads than
+    the test asks for (a 1-core machine), and the image split is what is being tested.
+    """
+    def use(n):
+        monkeypatch.setattr(K, "_threads", lambda: n)
+    return use
+
+
+@pytest.mark.parametrize("chunk_bytes", [K.CHUNK_BYTES, 700])
+def test_threads_give_identical_results(threads, chunk_bytes, monkeypatch):
+    """Images split over 1, 2, 3 or 8 threads (more threads than images too): every route's
+    outputs and gradients are bit-for-bit those of one thread, and match the reference."""
+    monkeypatch.setattr(K, "CHUNK_BYTES", chunk_bytes)
+    cases = [(5, 2, 3, 1, 1), (2, 5, 3, 1, 1), (3, 4, 3, 2, 1), (4, 3, 1, 1, 0)]
+    for c, o, k, s, p in cases:
+        x, weight, bias = arrays(21, np.float32, (5, c, 9, 7), (o, c, k, k), (o,))
+        wt = weight.transpose(1, 0, 2, 3).copy()
+        results = {}
+        for n in (1, 2, 3, 8):
+            threads(n)
+            y = K.conv2d_forward(x, weight, bias, s, p)
+            dout = arrays(22, np.float32, y.shape)[0]
+            yt = K.conv_transpose2d_forward(x, wt, bias, s, p, s - 1)
+            doutt = arrays(23, np.float32, yt.shape)[0]
+            results[n] = [y, *K.conv2d_backward(dout, x, weight, s, p),
+                          yt, *K.conv_transpose2d_backward(doutt, x, wt, s, p, s - 1)]
+        for n in (2, 3, 8):
+            for got, want in zip(results[n], results[1]):
+                np.testing.assert_array_equal(got, want)
+        y, dx, dw, db = results[1][:4]
+        close(y, R.conv2d_forward(x, weight, bias, s, p), TOL32)
+        for got, want in zip((dx, dw, db), R.conv2d_backward(dout, x, weight, s, p)):
+            close(got, want, TOL32)
+
+
+def test_thread_errors_reach_the_caller(threads, monkeypatch):
+    """An exception inside a pool thread is raised in the caller, not lost."""
+    threads(2)
+
+    def fail(*args):
+        raise RuntimeError("boom in a worker")
+    monkeypatch.setattr(K, "_im2col_rows", fail)
+    x, weight = arrays(3, np.float32, (4, 2, 5, 5), (3, 2, 3, 3))
+    with pytest.raises(RuntimeError, match="boom in a worker"):
+        K.conv2d_forward(x, weight, None, 1, 1)
+
+
 def test_non_contiguous_inputs():
     """Views (e.g. the channel slices a concatenation hands back) give the same results."""
     x, weight, dout = arrays(3, np.float64, (2, 8, 6, 6), (2, 3, 3, 3), (2, 4, 6, 6))

@@ -27,13 +27,16 @@ convolutions scatter forward and gather backward; a 1×1 stride-1 convolution is
 product.  Work goes image by image (and in blocks of rows on very large images, see
 ``CHUNK_BYTES``), so temporaries stay bounded and are reused.
 
-**Threads.**  The numba kernels are deliberately *serial* (no ``prange``), and the matrix
-products run in OpenBLAS's threads outside numba.  After every BLAS call OpenBLAS's worker
-threads keep spinning for a while; a ``prange`` kernel started in that window shares its
-cores with them.  In this alternating pattern the ``prange`` versions of these kernels
-measured up to 2x slower than the serial ones, and 3-4x slower than themselves with
-``OPENBLAS_THREAD_TIMEOUT=4`` set before NumPy is imported.  Serial kernels also compile
-faster.  The kernels release the GIL (``nogil=True``).
+**Threads.**  Images are independent, so a batch is split into one contiguous block of
+images per thread (``numba.get_num_threads()``, which ``--threads`` sets) and the blocks run
+in Python threads at the same time: the numba kernels release the GIL (``nogil=True``) and
+so do NumPy's matrix products, each of which runs on one OpenBLAS thread (tinyseg keeps
+OpenBLAS at one thread, see ``tinyseg.cli``).  Each thread has its own column buffer and
+writes only its own images.  The weight gradient is a sum over images: every image's share
+goes to its own slot and the slots are added in image order, so the result is the same, bit
+for bit, with any number of threads.  The kernels themselves stay serial (no ``prange``):
+the parallelism is one level up, where each task is a whole image (large, equal, no
+synchronisation inside).  A batch of one image runs on one core.
 
 Arguments and results are exactly those of the reference functions; the layers validate
 shapes and dtypes before calling (kernels never see bad input).  ``bias`` may be ``None``.
@@ -41,6 +44,10 @@ Inputs that are not C-contiguous (views) are copied once.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -118,6 +125,43 @@ def _rows_per_chunk(rows, bytes_per_row):
     return int(max(1, min(rows, CHUNK_BYTES // max(1, bytes_per_row))))
 
 
+def _threads():
+    """How many images are convolved at once: numba's thread count (``--threads``)."""
+    return max(1, int(numba.get_num_threads()))
+
+
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _in_parallel(images, N):
+    """Call ``images(lo, hi)`` on contiguous blocks of the images 0 … N−1, one per thread.
+
+    The calling thread takes the first block, pool threads the others; returns when all
+    are done (and re-raises the first error).  The blocks write to disjoint images, so no
+    locks are needed: the numba kernels and NumPy's matrix products release the GIL.
+    """
+    T = min(_threads(), N)
+    if T <= 1:
+        images(0, N)
+        return
+    global _pool
+    if _pool is None or _pool._max_workers < T - 1:
+        _pool = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="tinyseg-conv")
+    bounds = [N * t // T for t in range(T + 1)]
+    futures = [_pool.submit(images, bounds[t], bounds[t + 1]) for t in range(1, T)]
+    images(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
+
+
+def _sum_images(parts):
+    """``parts[0] + parts[1] + …`` in image order: the same float sums for any thread count."""
+    total = parts[0].copy()
+    for n in range(1, parts.shape[0]):
+        total += parts[n]
+    return total
+
+
 def _add_gram(acc, a, b):
     """``acc += a · bᵀ`` for a (m, L), b (k, L) with L large (a weight gradient).
 
@@ -139,13 +183,17 @@ def _gather_forward(x, weight, stride, P, ho, wo):
     w2 = weight.reshape(O, K)
     y = np.empty((N, O, ho * wo), dtype=x.dtype)
     R = _rows_per_chunk(ho, K * wo * x.itemsize)
-    buf = np.empty(K * R * wo, dtype=x.dtype)
-    for n in range(N):
-        for i0 in range(0, ho, R):
-            r = min(R, ho - i0)
-            cols = buf[:K * r * wo].reshape(K, r, wo)
-            _im2col_rows(x, n, i0, kh, kw, stride, stride, P, P, cols)
-            np.matmul(w2, cols.reshape(K, r * wo), out=y[n, :, i0 * wo:(i0 + r) * wo])
+
+    def images(lo, hi):
+        buf = np.empty(K * R * wo, dtype=x.dtype)
+        for n in range(lo, hi):
+            for i0 in range(0, ho, R):
+                r = min(R, ho - i0)
+                cols = buf[:K * r * wo].reshape(K, r, wo)
+                _im2col_rows(x, n, i0, kh, kw, stride, stride, P, P, cols)
+                np.matmul(w2, cols.reshape(K, r * wo), out=y[n, :, i0 * wo:(i0 + r) * wo])
+
+    _in_parallel(images, N)
     return y.reshape(N, O, ho, wo)
 
 
@@ -158,21 +206,25 @@ def _gather_backward(dout, x, weight, stride, P):
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)
     d3 = dout.reshape(N, O, ho * wo)
     dx = np.zeros_like(x)
-    dw = np.zeros((O, K), dtype=x.dtype)
+    dw_n = np.zeros((N, O, K), dtype=x.dtype)        # each image's share of dW₂
     R = _rows_per_chunk(ho, 2 * K * wo * x.itemsize)
-    buf = np.empty(K * R * wo, dtype=x.dtype)
-    dbuf = np.empty(K * R * wo, dtype=x.dtype)
-    for n in range(N):
-        for i0 in range(0, ho, R):
-            r = min(R, ho - i0)
-            cols = buf[:K * r * wo].reshape(K, r, wo)
-            dcols = dbuf[:K * r * wo].reshape(K, r, wo)
-            d = d3[n, :, i0 * wo:(i0 + r) * wo]
-            _im2col_rows(x, n, i0, kh, kw, stride, stride, P, P, cols)
-            _add_gram(dw, d, cols.reshape(K, r * wo))
-            np.matmul(w2t, d, out=dcols.reshape(K, r * wo))
-            _col2im_rows_add(dcols, i0, kh, kw, stride, stride, P, P, dx, n)
-    return dx, dw.reshape(weight.shape)
+
+    def images(lo, hi):
+        buf = np.empty(K * R * wo, dtype=x.dtype)
+        dbuf = np.empty(K * R * wo, dtype=x.dtype)
+        for n in range(lo, hi):
+            for i0 in range(0, ho, R):
+                r = min(R, ho - i0)
+                cols = buf[:K * r * wo].reshape(K, r, wo)
+                dcols = dbuf[:K * r * wo].reshape(K, r, wo)
+                d = d3[n, :, i0 * wo:(i0 + r) * wo]
+                _im2col_rows(x, n, i0, kh, kw, stride, stride, P, P, cols)
+                _add_gram(dw_n[n], d, cols.reshape(K, r * wo))
+                np.matmul(w2t, d, out=dcols.reshape(K, r * wo))
+                _col2im_rows_add(dcols, i0, kh, kw, stride, stride, P, P, dx, n)
+
+    _in_parallel(images, N)
+    return dx, _sum_images(dw_n).reshape(weight.shape)
 
 
 def _scatter_forward(x, weight, stride, ph, pw, ho, wo):
@@ -184,13 +236,17 @@ def _scatter_forward(x, weight, stride, ph, pw, ho, wo):
     x3 = x.reshape(N, C, H * W)
     y = np.zeros((N, O, ho, wo), dtype=x.dtype)
     R = _rows_per_chunk(H, M * W * x.itemsize)
-    buf = np.empty(M * R * W, dtype=x.dtype)
-    for n in range(N):
-        for i0 in range(0, H, R):
-            r = min(R, H - i0)
-            z = buf[:M * r * W].reshape(M, r, W)
-            np.matmul(w2t, x3[n, :, i0 * W:(i0 + r) * W], out=z.reshape(M, r * W))
-            _col2im_rows_add(z, i0, kh, kw, stride, stride, ph, pw, y, n)
+
+    def images(lo, hi):
+        buf = np.empty(M * R * W, dtype=x.dtype)
+        for n in range(lo, hi):
+            for i0 in range(0, H, R):
+                r = min(R, H - i0)
+                z = buf[:M * r * W].reshape(M, r, W)
+                np.matmul(w2t, x3[n, :, i0 * W:(i0 + r) * W], out=z.reshape(M, r * W))
+                _col2im_rows_add(z, i0, kh, kw, stride, stride, ph, pw, y, n)
+
+    _in_parallel(images, N)
     return y
 
 
@@ -202,18 +258,57 @@ def _scatter_backward(dout, x, weight, stride, ph, pw):
     w2 = weight.reshape(C, M)
     x3 = x.reshape(N, C, H * W)
     dx = np.empty((N, C, H * W), dtype=x.dtype)
-    dw = np.zeros((C, M), dtype=x.dtype)
+    dw_n = np.zeros((N, C, M), dtype=x.dtype)        # each image's share of dW₂
     R = _rows_per_chunk(H, M * W * x.itemsize)
-    buf = np.empty(M * R * W, dtype=x.dtype)
-    for n in range(N):
-        for i0 in range(0, H, R):
-            r = min(R, H - i0)
-            cols = buf[:M * r * W].reshape(M, r, W)
-            _im2col_rows(dout, n, i0, kh, kw, stride, stride, ph, pw, cols)
-            c2 = cols.reshape(M, r * W)
-            np.matmul(w2, c2, out=dx[n, :, i0 * W:(i0 + r) * W])
-            _add_gram(dw, x3[n, :, i0 * W:(i0 + r) * W], c2)
-    return dx.reshape(N, C, H, W), dw.reshape(weight.shape)
+
+    def images(lo, hi):
+        buf = np.empty(M * R * W, dtype=x.dtype)
+        for n in range(lo, hi):
+            for i0 in range(0, H, R):
+                r = min(R, H - i0)
+                cols = buf[:M * r * W].reshape(M, r, W)
+                _im2col_rows(dout, n, i0, kh, kw, stride, stride, ph, pw, cols)
+                c2 = cols.reshape(M, r * W)
+                np.matmul(w2, c2, out=dx[n, :, i0 * W:(i0 + r) * W])
+                _add_gram(dw_n[n], x3[n, :, i0 * W:(i0 + r) * W], c2)
+
+    _in_parallel(images, N)
+    return dx.reshape(N, C, H, W), _sum_images(dw_n).reshape(weight.shape)
+
+
+def _pointwise_forward(x, weight):
+    """A 1×1 stride-1 convolution: y[n] = W₂ · x[n], one matrix product per image."""
+    N, C, H, W = x.shape
+    O = weight.shape[0]
+    w2 = weight.reshape(O, C)
+    x3 = x.reshape(N, C, H * W)
+    y = np.empty((N, O, H * W), dtype=x.dtype)
+
+    def images(lo, hi):
+        for n in range(lo, hi):
+            np.matmul(w2, x3[n], out=y[n])
+
+    _in_parallel(images, N)
+    return y.reshape(N, O, H, W)
+
+
+def _pointwise_backward(dout, x, weight):
+    """(dx, dweight) of ``_pointwise_forward``: dx[n] = W₂ᵀ · dout[n], dW₂ = Σ dout[n]·x[n]ᵀ."""
+    N, C, H, W = x.shape
+    O = weight.shape[0]
+    w2t = np.ascontiguousarray(weight.reshape(O, C).T)
+    d3 = dout.reshape(N, O, H * W)
+    x3 = x.reshape(N, C, H * W)
+    dx = np.empty((N, C, H * W), dtype=x.dtype)
+    dw_n = np.zeros((N, O, C), dtype=x.dtype)
+
+    def images(lo, hi):
+        for n in range(lo, hi):
+            np.matmul(w2t, d3[n], out=dx[n])
+            _add_gram(dw_n[n], d3[n], x3[n])
+
+    _in_parallel(images, N)
+    return dx.reshape(N, C, H, W), _sum_images(dw_n).reshape(weight.shape)
 
 
 def _flip(weight):
@@ -239,7 +334,7 @@ def conv2d_forward(x, weight, bias, stride, padding):
     ho = (H + 2 * P - kh) // s + 1
     wo = (W + 2 * P - kw) // s + 1
     if kh == 1 and kw == 1 and s == 1 and P == 0:
-        y = np.matmul(weight.reshape(O, C), x.reshape(N, C, H * W)).reshape(N, O, H, W)
+        y = _pointwise_forward(x, weight)
     elif s == 1 and C > O:
         y = _scatter_forward(x, _flip(weight), 1, kh - 1 - P, kw - 1 - P, ho, wo)
     else:
@@ -257,13 +352,7 @@ def conv2d_backward(dout, x, weight, stride, padding):
     s, P = int(stride), int(padding)
     db = dout.sum(axis=(0, 2, 3))
     if kh == 1 and kw == 1 and s == 1 and P == 0:
-        d3 = dout.reshape(N, O, H * W)
-        dx = np.matmul(weight.reshape(O, C).T, d3).reshape(N, C, H, W)
-        x3 = x.reshape(N, C, H * W)
-        dw = np.zeros((O, C), dtype=x.dtype)
-        for n in range(N):
-            _add_gram(dw, d3[n], x3[n])
-        dw = dw.reshape(weight.shape)
+        dx, dw = _pointwise_backward(dout, x, weight)
     elif s == 1 and C > O:
         dx, dw_flipped = _scatter_backward(dout, x, _flip(weight), 1, kh - 1 - P, kw - 1 - P)
         dw = _flip(dw_flipped)

@@ -12,15 +12,18 @@ A command's ``main(argv)`` raises :class:`UserError` for the second case and
 
 Threads
 -------
-``--threads N`` sets the threads of the numba kernels (``numba.set_num_threads``); the BLAS
-library NumPy uses for matrix products (OpenBLAS) is kept at **one** thread.  Measured on a
-2-core machine (one training step of ``tiramisu_tiny``, 64x64, batch 8, idle machine):
-numba 2 + BLAS 1 thread: 22 images/s; numba 1 + BLAS 1: 15.5; numba 2 + BLAS 2: 8.9.  Two
-thread pools that both spin-wait for work fight over the same cores (numba's OpenMP
-workers after each parallel loop, OpenBLAS's after each product), and on a busy machine
-the two-pool setting was 10-20x slower still.  The convolutions' products are many and
-medium-sized, so they gain little from BLAS threads anyway.  Set ``TINYSEG_BLAS_THREADS``
-to override.  OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
+``--threads N`` sets the threads of the numba kernels (``numba.set_num_threads``); the
+convolutions run that many images at once (``tinyseg.kernels.conv``); the BLAS library
+NumPy uses for matrix products (OpenBLAS) is kept at **one** thread per caller.  Measured
+on this 2-core machine, idle, one training step of ``tiramisu_tiny``, 64x64, batch 8,
+before the convolutions split their images: numba 2 + BLAS 1 thread: 22 images/s; numba
+1 + BLAS 1: 15.5; numba 2 + BLAS 2: 8.9.  Two thread pools that both spin-wait for work
+fight over the same cores (numba's OpenMP workers after each parallel loop, OpenBLAS's
+after each product), and on a busy machine the two-pool setting was 10-20x slower still.
+With the convolutions' own image threads and ``OMP_WAIT_POLICY=PASSIVE`` (set in
+``tinyseg/__init__.py``) the same step takes 233 ms with 1 thread and 163 ms with 2 (34
+and 49 images/s; ``python -m benchmarks --parts models --model-presets small``).  Set
+``TINYSEG_BLAS_THREADS`` to override the BLAS setting.  OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
 imported, which has already happened by the time a command parses its flags; so
 :func:`set_threads` also asks the loaded OpenBLAS directly through its C function
 ``openblas_set_num_threads`` (found with :mod:`ctypes`).  That is what ``threadpoolctl``

@@ -239,6 +239,9 @@ def test_targets_verdicts():
     assert comp and not comp[0]["ok"]
     cells = run._target_cells(comp[0])
     assert cells[1] == "70.0 s" and "missed" in cells[3]
+    # presets the issue sets no target for are in the tables, not in the verdicts
+    results["models"].append(dict(results["models"][0], preset="tiny"))
+    assert not [k for k in run.targets(results) if k["what"].startswith("training step, tiny")]
     # without PyTorch figures there is no verdict
     results["models"][0]["torch"] = None
     assert all(x["ok"] is None for x in run.targets(results) if "training step" in x["what"])

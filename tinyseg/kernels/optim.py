@@ -5,6 +5,11 @@ Serial on purpose.  The optimiser calls it once per parameter array (106 arrays 
 per value: a parallel loop costs more to start than it saves.  With ``prange`` and sleeping
 OpenMP workers (``OMP_WAIT_POLICY=PASSIVE``, see ``tinyseg/__init__.py``) all 106 calls took
 10 ms at two threads against 0.33 ms serially.
+
+``error_model="numpy"``: a division by zero gives inf or NaN, as in NumPy and the reference,
+instead of numba's default Python behaviour (a ZeroDivisionError), whose check on every
+division kept LLVM from vectorising the loop: 5.6 ms against 1.4 ms for the 1.4 M values of
+FC-DenseNet56 (a ``prange`` loop gets NumPy's error model anyway).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay):
     """One RMSprop step in place on ``param`` and ``square_avg`` (see the reference twin).
 

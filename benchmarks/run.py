@@ -1178,8 +1178,10 @@ def to_markdown(results: dict) -> str:
                      + f", kernels/layers hash {src.get('kernels_sha256')}.")
         lines.append("")
     lines.append(f"Command: `{results['command']}`" +
-                 (" (**provisional**: the machine was shared while this ran, see the load "
-                  "averages)" if results.get("provisional") else ""))
+                 (" (**provisional**: the machine was shared while this ran, see the *others' "
+                  "cores* columns)" if results.get("provisional") else
+                  " (no other process used more than "
+                  f"{BUSY_CORES} of a core while any row was measured)"))
     lines.append("")
     tg = targets(results)
     if tg:
@@ -1444,7 +1446,7 @@ def run(opts: argparse.Namespace, argv: Sequence[str]) -> int:
     results: Dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": "python -m benchmarks " + " ".join(argv),
-        "machine": machine_info(), "torch": torch_ok, "provisional": True,
+        "machine": machine_info(), "torch": torch_ok, "provisional": None,
         "options": {k: v for k, v in vars(opts).items() if not k.startswith("worker")},
         "presets": {n: presets[n] for n in set(opts.kernel_presets) | set(opts.model_presets)},
         "kernels": [], "models": [], "source": source_state()}
@@ -1496,16 +1498,30 @@ def compact(results: dict, digits: int = 4) -> dict:
     out = dict(results)
     if "recorded" in out:
         out["recorded"] = {name: {k: (v if not isinstance(v, dict) else
-                                      {kk: (len(vv) if kk == "calls" else vv)
+                                      {kk: (len(vv) if kk == "calls" and isinstance(vv, list) else vv)
                                        for kk, vv in v.items()})
                                   for k, v in rec.items()}
                            for name, rec in out["recorded"].items()}
     return walk(out)
 
 
+def busiest_row(results: dict) -> Optional[float]:
+    """The most cores other processes kept busy while any one row was measured (None when
+    no row has the figure)."""
+    seen = [g.get("other_cores") for per in results.get("kernels", []) for g in per["groups"]]
+    for r in results.get("models", []):
+        seen += [_get(r, side, "other_cores") for side in ("tinyseg", "torch")]
+    seen = [v for v in seen if v is not None]
+    return max(seen) if seen else None
+
+
 def _write(results: dict, out_dir: Path, name: str) -> Tuple[Path, Path]:
     """``<name>.json``, ``<name>.md`` (the full report) and ``<name>-summary.md`` (for the
-    README), each written to a temporary file and renamed."""
+    README), each written to a temporary file and renamed.  The results are *provisional*
+    when other processes kept more than ``BUSY_CORES`` busy during any row (or when no row
+    could tell)."""
+    busiest = busiest_row(results)
+    results["provisional"] = busiest is None or busiest > BUSY_CORES
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
     summary = out_dir / f"{name}-summary.md"
     for path, text in ((js, json.dumps(compact(results), separators=(",", ":"),

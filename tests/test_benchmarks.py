@@ -373,3 +373,23 @@ def test_quick_end_to_end_run(tmp_path):
         assert model_row["torch"]["step"]["median"] > 0
     else:
         assert "n/a" in md
+
+
+def test_provisional_when_a_row_was_shared(tmp_path, monkeypatch):
+    """The results are called provisional exactly when some row saw other processes use more
+    than BUSY_CORES (or no row measured it)."""
+    monkeypatch.setattr(run, "to_markdown", lambda r: f"provisional={r['provisional']}")
+    monkeypatch.setattr(run, "summary_markdown", lambda r, name: "")
+    def results(busy):
+        return {"date": "d", "command": "c", "machine": {}, "torch": False, "options": {},
+                "presets": {}, "kernels": [], "source": {},
+                "models": [{"preset": "tiny", "model": "tiramisu_tiny", "size": 32, "batch": 4,
+                            "threads": 1, "tinyseg": {"other_cores": busy}, "torch": None}]}
+    assert run.busiest_row(results(0.1)) == 0.1
+    quiet, shared, unknown = results(0.1), results(0.6), results(None)
+    for r in (quiet, shared, unknown):
+        run._write(r, tmp_path, "t")
+    assert not quiet["provisional"] and shared["provisional"] and unknown["provisional"]
+    run._write(shared, tmp_path, "t")
+    assert (tmp_path / "t.md").read_text().strip() == "provisional=True"
+    assert json.loads((tmp_path / "t.json").read_text())["provisional"] is True

@@ -130,7 +130,8 @@ def _threads():
     return max(1, int(numba.get_num_threads()))
 
 
-_pool: Optional[ThreadPoolExecutor] = None
+_pool: Optional[ThreadPoolExecutor] = None     # started on first use, grown when needed
+_pool_size = 0
 
 
 def _in_parallel(images, N):
@@ -144,9 +145,12 @@ def _in_parallel(images, N):
     if T <= 1:
         images(0, N)
         return
-    global _pool
-    if _pool is None or _pool._max_workers < T - 1:
+    global _pool, _pool_size
+    if _pool_size < T - 1:
+        if _pool is not None:
+            _pool.shutdown(wait=False)     # its threads finish and exit
         _pool = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="tinyseg-conv")
+        _pool_size = T - 1
     bounds = [N * t // T for t in range(T + 1)]
     futures = [_pool.submit(images, bounds[t], bounds[t + 1]) for t in range(1, T)]
     images(bounds[0], bounds[1])

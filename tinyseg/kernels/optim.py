@@ -4,7 +4,8 @@ Serial on purpose.  The optimiser calls it once per parameter array (106 arrays 
 ``small`` preset, most of them a few hundred values), and each call does a few operations
 per value: a parallel loop costs more to start than it saves.  With ``prange`` and sleeping
 OpenMP workers (``OMP_WAIT_POLICY=PASSIVE``, see ``tinyseg/__init__.py``) all 106 calls took
-10 ms at two threads against 0.33 ms serially.
+10 ms at two threads against 0.33 ms at one; this serial kernel takes 0.25 ms
+(``python -m benchmarks``, rmsprop rows).
 
 ``error_model="numpy"``: a division by zero gives inf or NaN, as in NumPy and the reference,
 instead of numba's default Python behaviour (a ZeroDivisionError), whose check on every

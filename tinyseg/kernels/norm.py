@@ -6,8 +6,9 @@ are written out there).  Per channel ``c``, over the ``M = N·H·W`` values of `
     x̂ = (x − μ) · (σ² + ε)^−½,          y = γ · x̂ + β
     dx = γ · invstd / M · (M · dy − Σ dy − x̂ · Σ (dy · x̂))
 
-Each public function is a few lines of Python around one numba kernel (the same name with
-a leading underscore).  The kernel runs one ``prange`` iteration per channel (channels are
+Each public function is a few lines of Python around its numba kernel (the same name with
+a leading underscore; ``batchnorm2d_forward`` runs the statistics kernel, then
+``_batchnorm2d_normalise``).  Each kernel runs one ``prange`` iteration per channel (channels are
 independent) and accumulates its sums in float64 also for float32 inputs.  Outputs are
 C-contiguous, in ``x``'s dtype.
 

@@ -1,10 +1,12 @@
 """BatchNorm2d layer: finite differences (train and eval), running statistics by hand,
-PyTorch parity, errors."""
+PyTorch parity, errors; recomputed running statistics."""
 import numpy as np
 import pytest
 
 from tinyseg.gradcheck import gradcheck
-from tinyseg.layers.batchnorm import BatchNorm2d
+from tinyseg.layers.activation import Dropout
+from tinyseg.layers.base import Layer
+from tinyseg.layers.batchnorm import BatchNorm2d, recompute_running_stats
 
 GRAD_TOL = 1e-6  # gradcheck relative error bound, float64
 # PyTorch parity: float64 to 1e-10 relative; float32 to 1e-5 relative (different summation
@@ -219,3 +221,80 @@ def test_other_errors():
                         (dict(num_features=2, dtype=np.int32), "dtype")]:
         with pytest.raises(ValueError, match=f"BatchNorm2d: {msg}"):
             BatchNorm2d(**kwargs)
+
+
+# -- recompute_running_stats: plain averages over given batches -----------------------------
+class _Chain(Layer):
+    """BatchNorm2d -> Dropout -> BatchNorm2d, enough to see which layers run in which mode."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.bn1 = randomised(BatchNorm2d(3, dtype=np.float64), rng)
+        self.drop = Dropout(0.5, rng=np.random.default_rng(7))
+        self.bn2 = randomised(BatchNorm2d(3, dtype=np.float64), rng)
+
+    def forward(self, x):
+        return self.bn2.forward(self.drop.forward(self.bn1.forward(x)))
+
+
+def _batch_stats(x):
+    """Per-channel mean and unbiased variance over (N, H, W), computed plainly."""
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = x.mean(axis=(0, 2, 3))
+    var = ((x - mean[:, None, None]) ** 2).sum(axis=(0, 2, 3)) / (m - 1)
+    return mean, var
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_recompute_running_stats_are_plain_averages(rng, mode):
+    net = _Chain(rng)
+    net.train(mode == "train")
+    drop_state = net.drop.rng.bit_generator.state
+    # batches of different sizes: the average is over batches, each batch counting once
+    batches = [rng.standard_normal((n, 3, 4, 5)) * 2 + 1 for n in (2, 3, 2)]
+    assert recompute_running_stats(net, iter(batches)) == 3
+
+    means1, vars1, means2, vars2 = [], [], [], []
+    for x in batches:
+        m, v = _batch_stats(x)
+        means1.append(m)
+        vars1.append(v)
+        # bn1 normalises with the batch's own (biased) statistics, dropout is off
+        biased = v * (x[:, 0].size - 1) / x[:, 0].size
+        h = (x - m[:, None, None]) / np.sqrt(biased + net.bn1.eps)[:, None, None] \
+            * net.bn1.params["weight"][:, None, None] + net.bn1.params["bias"][:, None, None]
+        m2, v2 = _batch_stats(h)
+        means2.append(m2)
+        vars2.append(v2)
+    for bn, means, variances in ((net.bn1, means1, vars1), (net.bn2, means2, vars2)):
+        np.testing.assert_allclose(bn.buffers["running_mean"], np.mean(means, axis=0),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(bn.buffers["running_var"], np.mean(variances, axis=0),
+                                   rtol=1e-12, atol=1e-12)
+        assert int(bn.buffers["num_batches_tracked"]) == 3
+        assert bn.momentum == 0.1                          # restored
+    # modes restored, dropout's generator untouched (it never ran in training mode)
+    assert all(layer.training == (mode == "train") for _, layer in net.named_layers())
+    assert net.drop.rng.bit_generator.state == drop_state
+
+
+def test_recompute_running_stats_no_batches_changes_nothing(rng):
+    net = _Chain(rng)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="no batches"):
+        recompute_running_stats(net, [])
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert net.bn1.momentum == 0.1 and net.bn2.momentum == 0.1 and net.training
+
+
+def test_recompute_running_stats_error_in_a_batch_restores(rng):
+    net = _Chain(rng)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    good = rng.standard_normal((2, 3, 4, 4))
+    bad = rng.standard_normal((2, 5, 4, 4))                 # wrong channel count
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        recompute_running_stats(net, [good, bad])
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert net.bn1.momentum == 0.1 and net.training

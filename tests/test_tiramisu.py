@@ -250,6 +250,30 @@ def test_tiramisu_shared_buffer_equals_naive():
     assert_close(models[0].forward(x), models[1].forward(x))
 
 
+def test_recompute_running_stats_reaches_every_batch_norm():
+    """Both dense-block implementations: every batch norm (also those the memory-efficient
+    layers drive themselves) gets the average of the given batches, the same in both; the
+    dropout generators are not used."""
+    from tinyseg.checkpoint import generator_states
+    from tinyseg.layers.batchnorm import BatchNorm2d, recompute_running_stats
+
+    models = [tiny(np.float32, dropout=0.2, seed=11, memory_efficient=e) for e in (True, False)]
+    rng = np.random.default_rng(3)
+    batches = [rng.standard_normal((2, 3, 16, 16)).astype(np.float32) for _ in range(3)]
+    for m in models:
+        m.eval()
+        gens = generator_states(m)
+        assert recompute_running_stats(m, batches) == 3
+        assert generator_states(m) == gens
+        norms = [layer for _, layer in m.named_layers() if isinstance(layer, BatchNorm2d)]
+        assert norms and all(int(bn.buffers["num_batches_tracked"]) == 3 for bn in norms)
+        assert all(not layer.training for _, layer in m.named_layers())
+    s0 = models[0].state_dict()
+    for name, v in models[1].state_dict().items():
+        assert_close(s0[name], v, name=name)
+    assert_close(models[0].forward(batches[0]), models[1].forward(batches[0]))
+
+
 def test_switching_implementation_on_a_model():
     model = tiny(np.float32)
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)

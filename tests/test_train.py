@@ -13,6 +13,7 @@ import pytest
 import tinyseg.train as train_mod
 from tinyseg.checkpoint import load_model, read
 from tinyseg.cli import run_main
+from tinyseg.data.batches import normalize
 from tinyseg.data.fixture import FakeImage, make_coco_dir
 from tinyseg.train import (PRESETS, Divergence, Trainer, TrainConfig, build_parser,
                            command_line, load_data, main, preset_config, stream_indices)
@@ -83,6 +84,8 @@ def test_config_checks_and_presets():
         preset_config("tiny", batch_size=1).check()
     with pytest.raises(Exception, match="lr"):
         preset_config("tiny", lr=-1.0).check()
+    with pytest.raises(Exception, match="recompute-bn"):
+        preset_config("tiny", recompute_bn=-1).check()
     cfg = preset_config("small", lr=0.01)
     assert cfg.lr == 0.01 and cfg.size == PRESETS["small"]["size"]
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -90,7 +93,7 @@ def test_config_checks_and_presets():
 
 def test_command_line_repeats_the_config():
     cfg = preset_config("tiny", lr=0.002, dropout=0.1, augment=False, train_limit=9,
-                        data="/some/where")
+                        recompute_bn=5, data="/some/where")
     cmd = command_line(cfg, "runs/x", threads=2).split()
     args = build_parser().parse_args(cmd[3:])
     again = train_mod._config_from_args(args)
@@ -128,6 +131,30 @@ def test_run_directory_and_log(data, tmp_path):
     model, info = load_model(run / "best.npz")
     assert info["size"] == cfg.size
     np.testing.assert_array_equal(info["mean"], tr.train_data.mean)
+
+
+@pytest.mark.parametrize("recompute", [0, 6])
+def test_validated_and_saved_model_has_the_recomputed_statistics(data, tmp_path, recompute):
+    """With recompute_bn, best.npz holds batch-norm statistics averaged over the first N
+    training images (un-augmented) -- the model that was validated -- and its validation
+    IoU is the logged one; without, the running averages of training."""
+    from tinyseg.evaluate import evaluate_dataset
+    from tinyseg.layers.batchnorm import recompute_running_stats
+
+    cfg = tiny(data, epochs=1, recompute_bn=recompute, dropout=0.2)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    tr.run()
+    model, info = load_model(tmp_path / "run" / "best.npz")
+    saved = model.state_dict()
+    v = tr.val_data
+    ev = evaluate_dataset(model, v.images, v.masks, v.boxes, info["mean"], info["std"],
+                          batch_size=8)
+    logged = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert ev.person_iou == logged["val_iou"]
+    x = normalize(tr.train_data.images[:6], info["mean"], info["std"])
+    assert recompute_running_stats(model, [x[:4], x[4:6]]) == 2
+    same = all(np.array_equal(saved[k], v) for k, v in model.state_dict().items())
+    assert same == bool(recompute)
 
 
 class FakeEval:

@@ -19,12 +19,22 @@ Eval mode uses the running statistics instead: ``y = γ · (x − running_mean) 
 
 The training-mode kernels are in ``tinyseg.kernels.norm`` (equations and their backward
 in ``tinyseg.reference.norm``).
+
+:func:`recompute_running_stats` replaces the running statistics of every batch norm in a
+network by plain averages over given batches (PyTorch's ``torch.optim.swa_utils.update_bn``).
+With ``momentum = 0.1`` the running statistics remember mostly the last ten or twenty
+training batches -- random, augmented ones -- so an evaluation right after training can
+swing with whatever those batches happened to be; averaging over a fixed set of
+un-augmented training images makes it depend on the weights alone.
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 
 from ..kernels.norm import batchnorm2d_backward, batchnorm2d_forward
+from .activation import Dropout
 from .base import Layer, check_input
 
 
@@ -125,3 +135,49 @@ class BatchNorm2d(Layer):
     def __repr__(self) -> str:
         return (f"BatchNorm2d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"dtype={self.dtype})")
+
+
+def recompute_running_stats(model: Layer, batches: Iterable[np.ndarray]) -> int:
+    """Set every ``BatchNorm2d`` in ``model`` to the plain average of its batch statistics
+    over ``batches`` (inputs of ``model``); returns the number of batches used.
+
+    Each batch norm starts from ``running_mean = 0``, ``running_var = 1``,
+    ``num_batches_tracked = 0`` with ``momentum = None``, so after ``n`` batches
+    ``running_mean = (1/n) Σ μ_B`` and ``running_var = (1/n) Σ σ²_B · M/(M − 1)``.  The batch
+    norms run in training mode (batch statistics), everything else in eval mode (no
+    dropout, whose random generators are left untouched); nothing is learnt.  Momentum and
+    train/eval modes are restored afterwards, also on error.  Raises ``ValueError`` if
+    ``batches`` is empty (the running statistics are then left as they were).
+    """
+    norms = [layer for _, layer in model.named_layers() if isinstance(layer, BatchNorm2d)]
+    modes = [(layer, layer.training) for _, layer in model.named_layers()]
+    saved = [({k: v.copy() for k, v in bn.buffers.items()}, bn.momentum) for bn in norms]
+    n = 0
+    model.eval()
+    try:
+        for bn in norms:
+            bn.buffers["running_mean"][...] = 0
+            bn.buffers["running_var"][...] = 1
+            bn.buffers["num_batches_tracked"][...] = 0
+            bn.momentum = None
+        # a batch norm updates its running statistics only in training mode; the Tiramisu's
+        # dense layers also read their own flag, so they run in training mode too
+        for _, layer in model.named_layers():
+            if not isinstance(layer, Dropout):
+                layer.training = True
+        for x in batches:
+            model.forward(x)
+            n += 1
+        if n == 0:
+            raise ValueError("recompute_running_stats: no batches given")
+    except BaseException:
+        for bn, (buffers, _) in zip(norms, saved):
+            for k, v in buffers.items():
+                bn.buffers[k][...] = v
+        raise
+    finally:
+        for bn, (_, momentum) in zip(norms, saved):
+            bn.momentum = momentum
+        for layer, mode in modes:
+            layer.training = mode
+    return n

@@ -157,6 +157,19 @@ def test_validated_and_saved_model_has_the_recomputed_statistics(data, tmp_path,
     assert same == bool(recompute)
 
 
+def test_recompute_leaves_out_a_single_image_batch(data, tmp_path, monkeypatch):
+    """7 images in batches of 3: batches 3, 3 (the lone 7th image would have one value per
+    channel at a 1x1 bottleneck); 1 image: no batch, the running averages stay."""
+    seen = []
+    monkeypatch.setattr(train_mod, "recompute_running_stats",
+                        lambda model, batches: seen.append([len(b) for b in batches]))
+    tr = new_trainer(tiny(data, batch_size=3, recompute_bn=7), data, tmp_path / "a")
+    tr.recompute_bn()
+    tr.cfg.recompute_bn = 1
+    tr.recompute_bn()
+    assert seen == [[3, 3]]
+
+
 class FakeEval:
     def __init__(self, iou):
         self.person_iou, self.mean_iou, self.pixel_accuracy, self.loss = iou, iou, iou, 1 - iou

@@ -68,8 +68,8 @@ from .data.coco import FILTER_PRESETS, FilterConfig, resolve_data_root
 from .data.errors import DataError
 from .evaluate import evaluate_dataset
 from .infer import predict_labels
-from .layers.batchnorm import recompute_running_stats
 from .io import atomic_write_bytes
+from .layers.batchnorm import recompute_running_stats
 from .losses import softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class
 from .optim import ExponentialLR, RMSprop
@@ -488,12 +488,16 @@ class Trainer:
     def recompute_bn(self) -> None:
         """Batch-norm running statistics from the first ``cfg.recompute_bn`` training images
         (un-augmented, in batches of ``batch_size``), so that what is validated and saved
-        depends on the weights, not on the last few random batches."""
+        depends on the weights, not on the last few random batches.  A last batch of a
+        single image is left out (at the coarsest level it can have one value per channel,
+        too few for batch statistics); with no batch left the running averages stay."""
         n = min(self.cfg.recompute_bn, len(self.train_data))
         B = self.cfg.batch_size
-        batches = (normalize(self.train_data.images[i:min(i + B, n)], self.mean, self.std)
-                   for i in range(0, n, B))
-        recompute_running_stats(self.model, batches)
+        starts = [i for i in range(0, n, B) if min(i + B, n) - i >= 2]
+        if starts:
+            recompute_running_stats(self.model, (
+                normalize(self.train_data.images[i:min(i + B, n)], self.mean, self.std)
+                for i in starts))
 
     def validate(self):
         """Loss and IoUs of the current model on the validation split (eval mode); with

@@ -93,7 +93,7 @@ def test_config_checks_and_presets():
 
 def test_command_line_repeats_the_config():
     cfg = preset_config("tiny", lr=0.002, dropout=0.1, augment=False, train_limit=9,
-                        recompute_bn=5, data="/some/where")
+                        recompute_bn=5, init="/some/best.npz", data="/some/where")
     cmd = command_line(cfg, "runs/x", threads=2).split()
     args = build_parser().parse_args(cmd[3:])
     again = train_mod._config_from_args(args)
@@ -168,6 +168,41 @@ def test_recompute_leaves_out_a_single_image_batch(data, tmp_path, monkeypatch):
     tr.cfg.recompute_bn = 1
     tr.recompute_bn()
     assert seen == [[3, 3]]
+
+
+def test_init_starts_from_a_checkpoint_and_resume_does_not_need_it(data, tmp_path):
+    first = new_trainer(tiny(data, epochs=1), data, tmp_path / "a")
+    first.run()
+    ckpt = tmp_path / "a" / "best.npz"
+    cfg = tiny(data, epochs=2, init=str(ckpt), dropout=0.3)   # dropout may differ
+    tr = new_trainer(cfg, data, tmp_path / "b")
+    start = weights(ckpt)
+    for k, v in tr.model.state_dict().items():
+        np.testing.assert_array_equal(v, start[k], err_msg=k)
+    fresh = new_trainer(tiny(data, epochs=2), data, tmp_path / "c")
+    assert not all(np.array_equal(v, start[k]) for k, v in fresh.model.state_dict().items())
+
+    def stop(t):
+        if t.epoch == 1 and t.batch == 1:
+            t.request_stop()
+    tr.on_batch = stop
+    tr.write_config()
+    assert tr.run()["status"] == "stopped"
+    ckpt.rename(tmp_path / "moved.npz")                     # resuming reads last.npz only
+    again = Trainer.resume(tmp_path / "b", cache_dir=data[1], progress=False,
+                           report=lambda *x: None)
+    assert again.run()["status"] == "done"
+
+
+def test_init_with_another_network_is_refused(data, tmp_path):
+    first = new_trainer(tiny(data, epochs=1), data, tmp_path / "a")
+    first.run()
+    cfg = tiny(data, init=str(tmp_path / "a" / "best.npz"),
+               model_overrides={"growth_rate": 4})
+    with pytest.raises(Exception, match="growth_rate"):
+        new_trainer(cfg, data, tmp_path / "b")
+    with pytest.raises(Exception, match="not found"):
+        new_trainer(tiny(data, init=str(tmp_path / "nothing.npz")), data, tmp_path / "c")
 
 
 class FakeEval:

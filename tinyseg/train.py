@@ -58,8 +58,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .checkpoint import (generator_states, load_model, make_meta, read, save_model,
-                         save_training, set_generator_states)
+from .checkpoint import (CheckpointError, generator_states, load_model, make_meta, read,
+                         save_model, save_training, set_generator_states)
 from .cli import HelpFormatter, UserError, run_main, set_threads
 from .data.augment import AugmentConfig, augment as augment_pair
 from .data.batches import normalize
@@ -73,7 +73,7 @@ from .layers.batchnorm import recompute_running_stats
 from .losses import softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class
 from .optim import ExponentialLR, RMSprop
-from .tiramisu import PRESETS as MODEL_PRESETS, Tiramisu
+from .tiramisu import ARCH_KEYS, PRESETS as MODEL_PRESETS, Tiramisu
 
 PROG = "tinyseg.train"
 
@@ -102,6 +102,7 @@ class TrainConfig:
     rms_eps: float = 1e-8                   # ε in g / (√v + ε)
     dropout: Optional[float] = None         # None: the model preset's (0.2)
     augment: bool = True
+    init: Optional[str] = None              # start from this checkpoint's weights (fine-tune)
     recompute_bn: int = 0                   # before validating, batch-norm statistics from
                                             # this many training images (0: running averages)
     seed: int = 0
@@ -220,6 +221,8 @@ def command_line(cfg: TrainConfig, out: Optional[str] = None,
             "--augment" if cfg.augment else "--no-augment",
             "--recompute-bn", str(cfg.recompute_bn), "--seed", str(cfg.seed),
             "--pictures", str(cfg.pictures)]
+    if cfg.init:
+        args += ["--init", cfg.init]
     if cfg.dropout is not None:
         args += ["--dropout", repr(cfg.dropout)]
     if cfg.train_limit is not None:
@@ -311,6 +314,24 @@ def build_model(cfg: TrainConfig) -> Tiramisu:
         raise UserError(f"cannot build model '{cfg.model}' with {overrides}: {e}") from None
 
 
+def start_from(model: Tiramisu, path: str) -> None:
+    """Copy the parameters and buffers of checkpoint ``path`` into ``model`` (``--init``:
+    fine-tuning).  The network's shape must match (``ARCH_KEYS``); dropout and the
+    implementation may differ.  The optimiser, schedule and normalisation start afresh."""
+    try:
+        config, weights, _, _, _ = read(path)
+    except CheckpointError as e:
+        raise UserError(f"--init: {e}") from None
+    mine = {k: model.config[k] for k in ARCH_KEYS}
+    theirs = {k: config.get(k) for k in ARCH_KEYS}
+    if mine != theirs:
+        diff = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in ARCH_KEYS
+                         if theirs[k] != mine[k])
+        raise UserError(f"--init {path}: its network differs from this run's ({diff}); "
+                        "give the same --model and --model-overrides")
+    model.load_state_dict(weights)
+
+
 @dataclass
 class EpochSums:
     """Running sums of the epoch in progress (saved in last.npz when stopped mid-epoch)."""
@@ -333,7 +354,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, train, val, run_dir, *,
                  report: Optional[Callable[[str, bool], None]] = None,
                  on_batch: Optional[Callable[["Trainer"], None]] = None,
-                 max_seconds: Optional[float] = None, threads: Optional[int] = None) -> None:
+                 max_seconds: Optional[float] = None, threads: Optional[int] = None,
+                 init_weights: bool = True) -> None:
         cfg.check()
         self.cfg = cfg
         self.train_data, self.val_data = train, val
@@ -341,6 +363,8 @@ class Trainer:
         self.mean = np.asarray(train.mean, np.float32)
         self.std = np.asarray(train.std, np.float32)
         self.model = build_model(cfg)
+        if cfg.init and init_weights:       # not when resuming: last.npz has the weights
+            start_from(self.model, cfg.init)
         self.model.train()
         self.optimizer = RMSprop(list(self.model.named_parameters()), lr=cfg.lr,
                                  alpha=cfg.rms_alpha, eps=cfg.rms_eps,
@@ -652,7 +676,7 @@ class Trainer:
         if epochs is not None:
             cfg.epochs = int(epochs)
         train, val = load_data(cfg, cache_dir, progress)
-        trainer = cls(cfg, train, val, run_dir, **kwargs)
+        trainer = cls(cfg, train, val, run_dir, init_weights=False, **kwargs)
         trainer.load_state(run_dir / "last.npz")
         trainer.history = _read_log(trainer.log_path, trainer.epoch)
         # config.json says what the finished run will be: a longer run (more --epochs) is
@@ -872,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
            f"{_preset_values('dropout', none='0.2')})")
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="random flips, zooms, brightness/contrast/gamma on training images (default: on)")
+    a("--init", metavar="CHECKPOINT", default=None,
+      help="start from the weights of this checkpoint (best.npz of an earlier run: "
+           "fine-tuning); the network must have the same shape (default: random weights)")
     a("--recompute-bn", type=int, metavar="N", default=None,
       help="before each validation, set the batch-norm running statistics to averages over "
            "the first N training images, un-augmented; 0 keeps the running averages of the "
@@ -911,7 +938,8 @@ def _config_from_args(args) -> TrainConfig:
         args.preset, model=args.model, model_overrides=overrides, size=args.size,
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
         weight_decay=args.weight_decay, rms_alpha=args.rms_alpha, rms_eps=args.rms_eps,
-        dropout=args.dropout, augment=args.augment, recompute_bn=args.recompute_bn,
+        dropout=args.dropout, augment=args.augment, init=args.init,
+        recompute_bn=args.recompute_bn,
         seed=args.seed, filter=args.filter,
         train_limit=args.train_limit, val_limit=args.val_limit, pictures=args.pictures)
     if epoch_images is not None:
@@ -950,6 +978,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             cfg = _config_from_args(args)
             cfg.data = str(resolve_data_root(args.data))  # --data, else $TINYSEG_DATA
+            if cfg.init:
+                cfg.init = str(Path(cfg.init).resolve())
             out = Path(args.out) if args.out else \
                 Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
             if (out / "config.json").exists():

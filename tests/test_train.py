@@ -201,7 +201,7 @@ def test_init_with_another_network_is_refused(data, tmp_path):
                model_overrides={"growth_rate": 4})
     with pytest.raises(Exception, match="growth_rate"):
         new_trainer(cfg, data, tmp_path / "b")
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(Exception, match="no weight file"):
         new_trainer(tiny(data, init=str(tmp_path / "nothing.npz")), data, tmp_path / "c")
 
 

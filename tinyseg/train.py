@@ -58,8 +58,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .checkpoint import (CheckpointError, generator_states, load_model, make_meta, read,
-                         save_model, save_training, set_generator_states)
+from .checkpoint import (generator_states, load_model, make_meta, read, save_model,
+                         save_training, set_generator_states)
 from .cli import HelpFormatter, UserError, run_main, set_threads
 from .data.augment import AugmentConfig, augment as augment_pair
 from .data.batches import normalize
@@ -73,7 +73,7 @@ from .layers.batchnorm import recompute_running_stats
 from .losses import softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class
 from .optim import ExponentialLR, RMSprop
-from .tiramisu import ARCH_KEYS, PRESETS as MODEL_PRESETS, Tiramisu
+from .tiramisu import PRESETS as MODEL_PRESETS, Tiramisu
 
 PROG = "tinyseg.train"
 
@@ -315,21 +315,15 @@ def build_model(cfg: TrainConfig) -> Tiramisu:
 
 
 def start_from(model: Tiramisu, path: str) -> None:
-    """Copy the parameters and buffers of checkpoint ``path`` into ``model`` (``--init``:
-    fine-tuning).  The network's shape must match (``ARCH_KEYS``); dropout and the
-    implementation may differ.  The optimiser, schedule and normalisation start afresh."""
+    """Load the weights of checkpoint ``path`` into ``model`` (``--init``: fine-tuning), with
+    :meth:`Tiramisu.load`'s checks: the network's shape must match (``ARCH_KEYS``); dropout
+    and the implementation stay this run's.  Optimiser, schedule and normalisation start
+    afresh."""
     try:
-        config, weights, _, _, _ = read(path)
-    except CheckpointError as e:
-        raise UserError(f"--init: {e}") from None
-    mine = {k: model.config[k] for k in ARCH_KEYS}
-    theirs = {k: config.get(k) for k in ARCH_KEYS}
-    if mine != theirs:
-        diff = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in ARCH_KEYS
-                         if theirs[k] != mine[k])
-        raise UserError(f"--init {path}: its network differs from this run's ({diff}); "
-                        "give the same --model and --model-overrides")
-    model.load_state_dict(weights)
+        model.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--init: {e}; give a best.npz of a run with the same --model and "
+                        "--model-overrides") from None
 
 
 @dataclass

@@ -7,11 +7,12 @@ line ``<!-- needs: data -->`` and is skipped, with the reason, when the data is 
 
 A ```` ```text ```` block right after a python block is that block's output, and must equal
 what the block prints now (trailing spaces and blank lines aside): a number in a lesson that
-no longer comes out of the code fails the test.  Likewise every figure a lesson shows is
-drawn again (into a temporary folder, never over the committed one) and must have the same
-pixels as the committed file, except the figures of timings and memory peaks.  Outputs that change from run to run or from
-machine to machine (timings, memory peaks, rounding-level gradient-check errors, paths) are
-fenced ```` ```text varies ```` and only shown, not compared.
+no longer comes out of the code fails the test.  Outputs that change from run to run or
+from machine to machine (timings, memory peaks, rounding-level gradient-check errors,
+paths) are fenced ```` ```text varies ```` and only shown, not compared.  Likewise every
+figure a lesson shows is drawn again (into a temporary folder, never over the committed
+one) and must have the same pixels as the committed file, except the figures of timings
+and memory peaks (``FIGURES_THAT_VARY``).
 """
 import contextlib
 import difflib

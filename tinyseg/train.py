@@ -181,7 +181,9 @@ class TrainConfig:
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
 #:            by up to 0.19 between epochs (lesson 11);
-#:  ``medium`` a longer run (hours): ``tiramisu_small`` (854 k parameters) at 96×96;
+#:  ``medium`` a longer run (about an hour here): ``tiramisu_small`` (854 k parameters) at
+#:            96×96 on the wide filter; fine-tuned on the default filter with ``--init``,
+#:            it became the bundled model (README, "Training results");
 #:  ``fcdensenet56``  the paper's FC-DenseNet56 at 128×128 (a day or more);
 #:  ``paper``  FC-DenseNet103 at 224×224 with the paper's schedule (for reference: weeks);
 #:  ``tiny``   tests and smoke runs (seconds, learns little).
@@ -891,8 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="random flips, zooms, brightness/contrast/gamma on training images (default: on)")
     a("--init", metavar="CHECKPOINT", default=None,
-      help="start from the weights of this checkpoint (best.npz of an earlier run: "
-           "fine-tuning); the network must have the same shape (default: random weights)")
+      help="start from the weights of this checkpoint (best.npz or last.npz of an earlier "
+           "run: fine-tuning); the network must have the same shape (default: random "
+           "weights)")
     a("--recompute-bn", type=int, metavar="N", default=None,
       help="before each validation, set the batch-norm running statistics to averages over "
            "the first N training images, un-augmented; 0 keeps the running averages of the "

@@ -181,7 +181,7 @@ class TrainConfig:
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
 #:            by up to 0.19 between epochs (lesson 11);
-#:  ``medium`` a longer run (about an hour and a half here): ``tiramisu_small`` (854 k
+#:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
 #:            same run validated 0.485 instead of 0.509); fine-tuned on the default filter
 #:            with ``--init``, it became the bundled model (README, "Training results");

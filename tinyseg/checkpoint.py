@@ -176,12 +176,21 @@ def load_model(path: PathLike, mean=None, std=None, size: Optional[int] = None
                ) -> Tuple[Tiramisu, dict]:
     """``(model in eval mode, info)`` from a checkpoint (or a weight file plus mean/std/size).
 
+    An ensemble file (``tinyseg.ensemble``) gives an :class:`~tinyseg.ensemble.Ensemble`,
+    which predicts like a single network; ``info["ensemble"]`` then says what it holds.
+
     ``info`` holds ``size``, ``mean``, ``std`` (from the file's ``__meta__`` unless given
     here) and the rest of ``__meta__``.  A plain weight file without them is refused with a
     message saying what is missing.
     """
-    config, weights, meta, _, _ = read(path)
-    info = dict(meta)
+    from .ensemble import is_ensemble_file, load_ensemble
+    if is_ensemble_file(path):
+        model, meta, ens = load_ensemble(path)
+        info = {**meta, "ensemble": ens}
+    else:
+        config, weights, meta, _, _ = read(path)
+        info = dict(meta)
+        model = None
     for key, value in (("mean", mean), ("std", std), ("size", size)):
         if value is not None:
             info[key] = value
@@ -193,6 +202,7 @@ def load_model(path: PathLike, mean=None, std=None, size: Optional[int] = None
     info["size"] = int(info["size"])
     info["mean"] = np.asarray(info["mean"], dtype=np.float32).reshape(3)
     info["std"] = np.asarray(info["std"], dtype=np.float32).reshape(3)
-    model = build_model(config, weights, path)
+    if model is None:
+        model = build_model(config, weights, path)
     model.eval()
     return model, info

@@ -64,6 +64,7 @@ from .cli import HelpFormatter, UserError, run_main, set_threads
 from .data.augment import AugmentConfig, augment as augment_pair
 from .data.batches import normalize
 from .data.cache import load_split
+from .train_ensemble import MANIFEST as ENSEMBLE_MANIFEST, resume_ensemble, train_ensemble
 from .data.coco import FILTER_PRESETS, FilterConfig, resolve_data_root
 from .data.errors import DataError
 from .evaluate import evaluate_dataset
@@ -111,6 +112,7 @@ class TrainConfig:
     train_limit: Optional[int] = None       # use only the first N training images
     val_limit: Optional[int] = None         # validate on the first N validation images
     pictures: int = 6                       # validation images drawn every epoch
+    members: int = 1                        # > 1: an ensemble of runs with seeds seed … seed+K−1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +134,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``UserError`` for values that cannot work."""
+        if self.members < 1:
+            raise UserError(f"--members must be at least 1, got {self.members}")
         if self.model not in MODEL_PRESETS:
             raise UserError(f"unknown model '{self.model}' (choose from "
                             f"{', '.join(MODEL_PRESETS)})")
@@ -180,7 +184,10 @@ class TrainConfig:
 #:            12-epoch run scored 0.46 instead of 0.60 on the default test split.  Batch
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
-#:            by up to 0.19 between epochs (lesson 11);
+#:            by up to 0.19 between epochs (lesson 11).  Four such networks (seeds S … S+3,
+#:            two at a time, one thread each), their probabilities averaged: one network's
+#:            validation IoU depends on its seed (0.508-0.547 over five seeds), and the
+#:            average of four validated 0.03 above its members' mean (tinyseg/ensemble.py);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
 #:            same run validated 0.485 instead of 0.509); fine-tuned on the default filter
@@ -193,7 +200,7 @@ PRESETS: Dict[str, dict] = {
                  lr=1e-3, lr_decay=0.995, filter="default", pictures=3, recompute_bn=16),
     "small": dict(model="tiramisu_tiny", size=64, batch_size=8, epochs=16, epoch_images=500,
                   lr=1e-3, lr_decay=0.95, dropout=0.0, filter="default",
-                  recompute_bn=200),
+                  recompute_bn=200, members=4),
     "medium": dict(model="tiramisu_small", size=96, batch_size=8, epochs=40,
                    epoch_images=500, lr=1e-3, lr_decay=0.95, dropout=0.0, filter="wide",
                    recompute_bn=200),
@@ -235,6 +242,8 @@ def command_line(cfg: TrainConfig, out: Optional[str] = None,
         args += ["--val-limit", str(cfg.val_limit)]
     if cfg.model_overrides:
         args += ["--model-overrides", json.dumps(cfg.model_overrides, sort_keys=True)]
+    if cfg.members != 1:
+        args += ["--members", str(cfg.members)]
     if cfg.data:
         args += ["--data", cfg.data]
     if threads is not None:
@@ -355,6 +364,9 @@ class Trainer:
                  max_seconds: Optional[float] = None, threads: Optional[int] = None,
                  init_weights: bool = True) -> None:
         cfg.check()
+        if cfg.members != 1:
+            raise ValueError("Trainer trains one network; an ensemble (members > 1) is trained "
+                             "by tinyseg.train_ensemble, one Trainer per member")
         self.cfg = cfg
         self.train_data, self.val_data = train, val
         self.run_dir = Path(run_dir)
@@ -910,6 +922,13 @@ def build_parser() -> argparse.ArgumentParser:
       help="validate on the first N validation images (default: all)")
     a("--pictures", type=int, metavar="N", default=None,
       help="validation images drawn in each epoch's picture (default: 6)")
+    a("--members", type=int, metavar="K", default=None,
+      help="train an ensemble of K networks, seeds SEED … SEED+K-1, each an ordinary run in "
+           "OUT/member<k>, and join them in OUT/best.npz; their probabilities are averaged "
+           f"(tinyseg/ensemble.py) (default: the preset's: {_preset_values('members', none='1')})")
+    a("--jobs", type=int, metavar="J", default=None,
+      help="with --members: how many members train at once, each with THREADS/J threads "
+           "(default: one per thread)")
     a("--threads", type=int, metavar="N", default=None,
       help="threads for the numba kernels; BLAS keeps one thread, see tinyseg/cli.py (default: all cores)")
     a("--cache", metavar="DIR", default=None,
@@ -940,7 +959,8 @@ def _config_from_args(args) -> TrainConfig:
         dropout=args.dropout, augment=args.augment, init=args.init,
         recompute_bn=args.recompute_bn,
         seed=args.seed, filter=args.filter,
-        train_limit=args.train_limit, val_limit=args.val_limit, pictures=args.pictures)
+        train_limit=args.train_limit, val_limit=args.val_limit, pictures=args.pictures,
+        members=args.members)
     if epoch_images is not None:
         cfg.epoch_images = epoch_images or None
     cfg.check()
@@ -948,7 +968,7 @@ def _config_from_args(args) -> TrainConfig:
 
 
 _RESUME_OK = {"resume", "epochs", "data", "threads", "max_minutes", "cache", "no_test", "quiet",
-              "preset"}
+              "preset", "jobs"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -965,6 +985,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when "
                                 "resuming (the run's config.json decides it)")
+            if (Path(args.resume) / ENSEMBLE_MANIFEST).is_file():
+                if args.epochs is not None or args.max_minutes is not None:
+                    raise UserError("--epochs and --max-minutes cannot be given when resuming "
+                                    "an ensemble run")
+                return resume_ensemble(Path(args.resume), jobs=args.jobs, threads=args.threads,
+                                       cache=args.cache, no_test=args.no_test, report=report)
             trainer = Trainer.resume(args.resume, data=args.data, epochs=args.epochs,
                                      cache_dir=args.cache, report=report,
                                      max_seconds=max_seconds, threads=args.threads)
@@ -986,6 +1012,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 "or choose another --out")
             t0 = time.perf_counter()
             train, val = load_data(cfg, args.cache, progress=not args.quiet)
+            if cfg.members > 1:
+                if args.max_minutes is not None:
+                    raise UserError("--max-minutes is for single runs; stop an ensemble run "
+                                    "with Ctrl-C and go on with --resume")
+                return train_ensemble(cfg, out, jobs=args.jobs, threads=args.threads,
+                                      cache=args.cache, no_test=args.no_test, report=report)
+            if args.jobs is not None:
+                raise UserError("--jobs is for ensembles (--members K with K > 1)")
             trainer = Trainer(cfg, train, val, out, report=report, max_seconds=max_seconds,
                               threads=args.threads)
             out.mkdir(parents=True, exist_ok=True)

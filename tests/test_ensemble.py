@@ -1,0 +1,204 @@
+"""Ensembles: the averaged prediction, the file, and ``train --members K``.
+
+The members of a trained ensemble are ordinary runs; the tests hold member ``k`` equal, to
+the last bit, to the single run with seed ``S+k``, and check that an ensemble run resumed
+after losing a member ends with the same file.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from tinyseg.checkpoint import CheckpointError, load_model, make_meta, read, save_model
+from tinyseg.cli import run_main
+from tinyseg.ensemble import Ensemble, is_ensemble_file, load_ensemble, save_ensemble
+from tinyseg.infer import softmax_person
+from tinyseg.losses import softmax_cross_entropy
+from tinyseg.tiramisu import tiramisu_tiny
+from tinyseg.train import command_line, main, preset_config
+
+from test_train import make_data
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread_module):
+    """Inference and training loops: one numba thread (see conftest)."""
+
+
+def nets(n, seed=0):
+    out = []
+    for k in range(n):
+        m = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(seed + k))
+        # move the batch-norm statistics away from 0/1 so that eval mode is not trivial
+        for name, buf in m.named_buffers():
+            if name.endswith("running_var"):
+                buf[...] = 0.5 + np.random.default_rng(k).random(buf.shape)
+        m.eval()
+        out.append(m)
+    return out
+
+
+def x_batch(n=2, s=32, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 3, s, s)).astype(np.float32)
+
+
+def softmax(z):
+    z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_forward_is_the_log_of_the_mean_probability():
+    members = nets(3)
+    x = x_batch()
+    want = np.mean([softmax(m.forward(x)) for m in members], axis=0)
+    z = Ensemble(members).forward(x)
+    assert z.shape == (2, 2, 32, 32) and z.dtype == np.float32
+    np.testing.assert_allclose(np.exp(z.astype(np.float64)), want, rtol=1e-6, atol=1e-7)
+    # used as logits, log p gives p back: the person probability is the members' mean
+    np.testing.assert_allclose(softmax_person(z), want[:, 1], rtol=1e-6, atol=1e-7)
+    # the loss of the ensemble is the cross-entropy of the averaged probabilities
+    t = np.random.default_rng(0).integers(0, 2, (2, 32, 32))
+    loss, _ = softmax_cross_entropy(z, t)
+    p_true = np.take_along_axis(want, t[:, None], axis=1)
+    assert loss == pytest.approx(-np.mean(np.log(p_true)), rel=1e-5)
+
+
+def test_one_member_predicts_like_the_member_and_modes_reach_every_member():
+    (m,) = nets(1)
+    x = x_batch()
+    ens = Ensemble([m])
+    np.testing.assert_allclose(softmax_person(ens.forward(x)), softmax_person(m.forward(x)),
+                               rtol=1e-6, atol=1e-7)
+    members = nets(2)
+    ens = Ensemble(members)
+    ens.train()
+    assert ens.training and all(mm.training for mm in members)
+    ens.eval()
+    assert not ens.training and not any(mm.training for mm in members)
+    assert ens.num_parameters() == 2 * members[0].num_parameters() and len(ens) == 2
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble([])
+
+
+def checkpoints(tmp_path, members, mean=(0.4, 0.5, 0.6)):
+    paths = []
+    for k, m in enumerate(members):
+        p = tmp_path / f"m{k}.npz"
+        save_model(p, m, make_meta(32, mean, (0.2, 0.25, 0.3), epoch=k + 1))
+        paths.append(p)
+    return paths
+
+
+def test_file_round_trip_through_load_model(tmp_path):
+    members = nets(3)
+    paths = checkpoints(tmp_path, members)
+    f = save_ensemble(tmp_path / "ens.npz", paths)
+    assert is_ensemble_file(f) and not is_ensemble_file(paths[0])
+    assert not is_ensemble_file(tmp_path / "missing.npz")
+    model, info = load_model(f)
+    assert isinstance(model, Ensemble) and len(model) == 3 and not model.training
+    assert info["size"] == 32 and info["ensemble"]["members"] == 3
+    np.testing.assert_allclose(info["mean"], [0.4, 0.5, 0.6], rtol=1e-6)
+    for k, mk in enumerate(model.members):
+        _, w, _, _, _ = read(paths[k])
+        for name, v in mk.state_dict().items():
+            np.testing.assert_array_equal(v, w[name], err_msg=f"member {k} {name}")
+    x = x_batch()
+    np.testing.assert_array_equal(model.forward(x), Ensemble(members).forward(x))
+
+
+def test_bad_ensembles_are_refused_by_name(tmp_path):
+    members = nets(2)
+    a = checkpoints(tmp_path, members[:1])[0]
+    b = tmp_path / "other.npz"
+    save_model(b, members[1], make_meta(32, (0.1, 0.1, 0.1), (0.2, 0.25, 0.3)))
+    with pytest.raises(CheckpointError, match="other.npz.*same data"):
+        save_ensemble(tmp_path / "e.npz", [a, b])
+    e = save_ensemble(tmp_path / "e.npz", [a, a])
+    with pytest.raises(CheckpointError, match="itself an ensemble"):
+        save_ensemble(tmp_path / "ee.npz", [e])
+    with pytest.raises(CheckpointError, match="missing.npz: file not found"):
+        save_ensemble(tmp_path / "e2.npz", [a, tmp_path / "missing.npz"])
+    # a file that claims 3 members but holds 2
+    with np.load(e) as f:
+        data = {k: f[k] for k in f.files}
+    data["__ensemble__"] = np.array(json.dumps({"members": 3}))
+    np.savez(tmp_path / "short.npz", **data)
+    with pytest.raises(CheckpointError, match="short.npz: member 2 of 3 is missing"):
+        load_ensemble(tmp_path / "short.npz")
+
+
+# -- training ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("coco")), tmp_path_factory.mktemp("cache")
+
+
+def run_args(data, out, *extra):
+    root, cache = data
+    return ["--preset", "tiny", "--data", str(root), "--cache", str(cache), "--out", str(out),
+            "--epoch-images", "8", "--val-limit", "6", "--quiet", "--threads", "1", *extra]
+
+
+def weights(path):
+    _, w, _, _, _ = read(path)
+    return w
+
+
+@pytest.mark.slow
+def test_members_are_the_single_runs_and_resume_restores_a_lost_member(data, tmp_path,
+                                                                        capsys, monkeypatch):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")  # --threads sets them: restored after the test
+    run = tmp_path / "ens"
+    assert run_main(main, "tinyseg.train", run_args(data, run, "--members", "2", "--seed", "3",
+                                                    "--jobs", "2")) == 0
+    text = capsys.readouterr().out
+    assert "the ensemble's validation IoU" in text and "test split" in text
+    manifest = json.loads((run / "ensemble.json").read_text())
+    assert manifest["member_seeds"] == [3, 4] and manifest["jobs"] == 2
+    assert 0.0 <= manifest["val"]["person_iou"] <= 1.0
+    model, info = load_model(run / "best.npz")
+    assert isinstance(model, Ensemble) and len(model) == 2
+    # member 1 is the single run with seed 4, bit for bit
+    single = tmp_path / "single"
+    assert run_main(main, "tinyseg.train", run_args(data, single, "--seed", "4",
+                                                    "--no-test")) == 0
+    w1, ws = weights(run / "member1" / "best.npz"), weights(single / "best.npz")
+    assert w1.keys() == ws.keys()
+    for name in ws:
+        np.testing.assert_array_equal(w1[name], ws[name], err_msg=name)
+    # lose member 1 and the joined file: --resume trains it again and joins the same file
+    before = {k: v.copy() for k, v in weights_of_ensemble(run / "best.npz").items()}
+    import shutil
+    shutil.rmtree(run / "member1")
+    (run / "best.npz").unlink()
+    capsys.readouterr()
+    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test"]) == 0
+    assert "1 already done" in capsys.readouterr().out
+    after = weights_of_ensemble(run / "best.npz")
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+
+def weights_of_ensemble(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if not k.startswith("__")}
+
+
+def test_flags_that_do_not_fit_an_ensemble_are_refused(data, tmp_path, capsys):
+    assert run_main(main, "tinyseg.train", run_args(data, tmp_path / "a", "--members", "0")) == 1
+    assert "--members must be at least 1" in capsys.readouterr().err
+    assert run_main(main, "tinyseg.train", run_args(data, tmp_path / "b", "--jobs", "2")) == 1
+    assert "--jobs is for ensembles" in capsys.readouterr().err
+    assert run_main(main, "tinyseg.train", run_args(data, tmp_path / "c", "--members", "2",
+                                                    "--max-minutes", "1")) == 1
+    assert "--max-minutes is for single runs" in capsys.readouterr().err
+
+
+def test_command_line_names_the_members():
+    cfg = preset_config("tiny", members=3)
+    assert "--members 3" in command_line(cfg)
+    assert "--members" not in command_line(preset_config("tiny"))

@@ -1,0 +1,164 @@
+"""An ensemble: several networks trained alike from different seeds, their probabilities averaged.
+
+With 170 training images one network's answer depends a good deal on its seed: five seeds
+of the ``small`` preset validate between 0.508 and 0.547 (README, "Training results").
+Their mistakes differ, so their *average* is better than a typical member (Lakshminarayanan
+et al. 2017, "deep ensembles").  For members ``k = 1 … K`` with logits ``z_k``::
+
+    p(x) = (1/K) Σ_k softmax(z_k(x))          (per pixel and class)
+
+:meth:`Ensemble.forward` returns ``log p``.  Used as logits, ``log p`` gives back ``p``
+under the softmax (``softmax(log p) = p / Σ p = p``), so the ensemble can stand wherever a
+single network does: the loss, :func:`tinyseg.infer.softmax_person`, ``evaluate``,
+``cutout``.  Averaging probabilities, not logits, is the usual choice: a member that is
+very sure cannot outvote the others by the size of its logits alone.
+
+The file: one ``.npz`` holding every member's weight file under a prefix ``member<k>/``
+(``member0/__format__``, ``member0/__config__``, ``member0/<parameter name>``, …), the
+members' shared ``__meta__`` (training size, mean, std) and ``__ensemble__`` (JSON: the
+number of members and where they came from).  ``tinyseg.checkpoint.load_model`` opens it
+like any other checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["Ensemble", "save_ensemble", "is_ensemble_file", "load_ensemble", "ENSEMBLE"]
+
+ENSEMBLE = "__ensemble__"
+_META = "__meta__"
+
+
+class Ensemble:
+    """Members with the same input size and classes; ``forward`` = log of the mean softmax."""
+
+    def __init__(self, members: Sequence):
+        if not members:
+            raise ValueError("Ensemble: needs at least one member")
+        self.members = list(members)
+        self.training = False
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) inputs -> (N, K, H, W) ``log`` of the members' mean class probabilities."""
+        p = None
+        for m in self.members:
+            z = m.forward(x).astype(np.float64)
+            z = z - z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            e /= e.sum(axis=1, keepdims=True)
+            p = e if p is None else p + e
+        p /= len(self.members)
+        # the smallest positive float32 keeps log finite where every member is certain
+        return np.log(np.maximum(p, np.finfo(np.float32).tiny)).astype(np.float32)
+
+    __call__ = forward
+
+    def eval(self) -> "Ensemble":
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> "Ensemble":
+        for m in self.members:
+            m.train(mode)
+        self.training = bool(mode)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(m.num_parameters() for m in self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def _load_npz(path: Path) -> Dict[str, np.ndarray]:
+    from .checkpoint import CheckpointError
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {name: f[name] for name in f.files}
+    except Exception as e:  # not an npz, truncated, pickled objects...
+        raise CheckpointError(f"{path}: cannot read it as a tinyseg checkpoint "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def is_ensemble_file(path: PathLike) -> bool:
+    """True if ``path`` is an ``.npz`` with an ``__ensemble__`` entry (False if unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return ENSEMBLE in f.files
+    except Exception:
+        return False
+
+
+def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> Path:
+    """Join the model checkpoints ``member_paths`` (each a run's ``best.npz``) into one file.
+
+    The members must share the training size, mean and std (they were trained on the same
+    data); anything else in ``extra`` goes into ``__ensemble__``.
+    """
+    from .checkpoint import CheckpointError
+    from .io import atomic_save_npz
+    arrays: Dict[str, np.ndarray] = {}
+    meta = None
+    sources: List[str] = []
+    for k, mp in enumerate(member_paths):
+        mp = Path(mp)
+        data = _load_npz(mp)
+        if ENSEMBLE in data:
+            raise CheckpointError(f"{mp}: is itself an ensemble; give its members instead")
+        if "__format__" not in data or _META not in data:
+            raise CheckpointError(f"{mp}: not a model checkpoint (best.npz or last.npz of a "
+                                  f"run)")
+        m = json.loads(str(data[_META]))
+        key = {n: m.get(n) for n in ("size", "mean", "std")}
+        if meta is None:
+            meta = m
+            first = (mp, key)
+        elif key != first[1]:
+            raise CheckpointError(f"{mp}: size/mean/std {key} differ from {first[0]}'s "
+                                  f"{first[1]}: members must be trained on the same data")
+        for name, v in data.items():
+            if name.startswith("__") and name not in ("__format__", "__config__"):
+                continue  # __meta__ goes in once; a training checkpoint's optimiser state is dropped
+            arrays[f"member{k}/{name}"] = v
+        sources.append(str(mp))
+    if meta is None:
+        raise CheckpointError("save_ensemble: no member checkpoints given")
+    arrays[_META] = np.array(json.dumps(meta, sort_keys=True, allow_nan=True))
+    arrays[ENSEMBLE] = np.array(json.dumps({"members": len(sources), "sources": sources,
+                                            **extra}, sort_keys=True))
+    return atomic_save_npz(path, arrays)
+
+
+def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
+    """``(Ensemble in eval mode, meta, ensemble_info)`` from a file of :func:`save_ensemble`."""
+    from .checkpoint import CheckpointError, build_model
+    from .tiramisu import FORMAT_VERSION
+    path = Path(path)
+    data = _load_npz(path)
+    try:
+        info = json.loads(str(data.pop(ENSEMBLE)))
+        meta = json.loads(str(data.pop(_META))) if _META in data else {}
+        k_members = int(info["members"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged ensemble entry ({e})") from None
+    members = []
+    for k in range(k_members):
+        prefix = f"member{k}/"
+        part = {n[len(prefix):]: v for n, v in data.items() if n.startswith(prefix)}
+        if "__format__" not in part or "__config__" not in part:
+            raise CheckpointError(f"{path}: member {k} of {k_members} is missing")
+        if int(part.pop("__format__")) != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: member {k} has another weight-file format version")
+        config = json.loads(str(part.pop("__config__")))
+        members.append(build_model(config, part, f"{path} (member {k})"))
+    ens = Ensemble(members)
+    ens.eval()
+    return ens, meta, info

@@ -198,7 +198,12 @@ def test_flags_that_do_not_fit_an_ensemble_are_refused(data, tmp_path, capsys):
     assert "--max-minutes is for single runs" in capsys.readouterr().err
 
 
-def test_command_line_names_the_members():
-    cfg = preset_config("tiny", members=3)
-    assert "--members 3" in command_line(cfg)
-    assert "--members" not in command_line(preset_config("tiny"))
+def test_member_commands_train_one_network_each():
+    from tinyseg.train import build_parser, _config_from_args
+    from tinyseg.train_ensemble import member_config
+    cfg = preset_config("small", seed=7)          # the small preset is an ensemble
+    assert cfg.members > 1
+    for k in range(cfg.members):
+        line = command_line(member_config(cfg, k))
+        again = _config_from_args(build_parser().parse_args(line.split()[3:]))
+        assert again.members == 1 and again.seed == 7 + k

@@ -99,6 +99,11 @@ def test_command_line_repeats_the_config():
     again = train_mod._config_from_args(args)
     again.data = args.data
     assert again == cfg
+    # one member of a preset whose default is an ensemble stays one member
+    for members in (1, 3):
+        cfg = preset_config("small", members=members)
+        args = build_parser().parse_args(command_line(cfg).split()[3:])
+        assert train_mod._config_from_args(args) == cfg
 
 
 # -- a tiny run ----------------------------------------------------------------------------------

@@ -242,8 +242,7 @@ def command_line(cfg: TrainConfig, out: Optional[str] = None,
         args += ["--val-limit", str(cfg.val_limit)]
     if cfg.model_overrides:
         args += ["--model-overrides", json.dumps(cfg.model_overrides, sort_keys=True)]
-    if cfg.members != 1:
-        args += ["--members", str(cfg.members)]
+    args += ["--members", str(cfg.members)]     # always: a preset's default may differ
     if cfg.data:
         args += ["--data", cfg.data]
     if threads is not None:

@@ -198,6 +198,17 @@ def test_flags_that_do_not_fit_an_ensemble_are_refused(data, tmp_path, capsys):
     assert "--max-minutes is for single runs" in capsys.readouterr().err
 
 
+def test_threads_are_shared_by_the_members_that_run_side_by_side():
+    from tinyseg.train_ensemble import member_threads
+    # 2 threads, 2 jobs, 3 members: the first two one thread each, the third alone on two
+    assert member_threads(2, 2, running=0, left=2) == 1
+    assert member_threads(2, 2, running=1, left=1) == 1
+    assert member_threads(2, 2, running=0, left=0) == 2
+    assert member_threads(2, 2, running=1, left=0) == 1   # the other is still running
+    assert member_threads(4, 2, running=0, left=3) == 2
+    assert member_threads(1, 3, running=2, left=5) == 1   # never fewer than one
+
+
 def test_member_commands_train_one_network_each():
     from tinyseg.train import build_parser, _config_from_args
     from tinyseg.train_ensemble import member_config

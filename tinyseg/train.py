@@ -184,10 +184,11 @@ class TrainConfig:
 #:            12-epoch run scored 0.46 instead of 0.60 on the default test split.  Batch
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
-#:            by up to 0.19 between epochs (lesson 11).  Four such networks (seeds S … S+3,
-#:            two at a time, one thread each), their probabilities averaged: one network's
-#:            validation IoU depends on its seed (0.508-0.547 over five seeds), and the
-#:            average of four validated 0.03 above its members' mean (tinyseg/ensemble.py);
+#:            by up to 0.19 between epochs (lesson 11).  Three such networks (seeds S … S+2;
+#:            two side by side on one thread each, then the third on both), their
+#:            probabilities averaged: one network's validation IoU depends on its seed
+#:            (0.508-0.547 over five seeds), and averages of three or four validated
+#:            0.03 above their members' mean (tinyseg/ensemble.py; four took 9:50 here);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
 #:            same run validated 0.485 instead of 0.509); fine-tuned on the default filter
@@ -200,7 +201,7 @@ PRESETS: Dict[str, dict] = {
                  lr=1e-3, lr_decay=0.995, filter="default", pictures=3, recompute_bn=16),
     "small": dict(model="tiramisu_tiny", size=64, batch_size=8, epochs=16, epoch_images=500,
                   lr=1e-3, lr_decay=0.95, dropout=0.0, filter="default",
-                  recompute_bn=200, members=4),
+                  recompute_bn=200, members=3),
     "medium": dict(model="tiramisu_small", size=96, batch_size=8, epochs=40,
                    epoch_images=500, lr=1e-3, lr_decay=0.95, dropout=0.0, filter="wide",
                    recompute_bn=200),

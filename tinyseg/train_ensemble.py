@@ -6,7 +6,10 @@ settings, written to ``RUN/member<k>/`` (its own config, log, pictures, ``best.n
 of them train at once with ``--threads`` split between them.  On this 2-core machine two
 one-thread runs side by side train about 1.4 times as many images per second as one run
 with both threads (the Python between the kernels runs on one core), so the default is
-one member per core.  When every member is done::
+one member per core; a member that starts when fewer than ``J`` are left to run gets the
+spare threads too (the third of three trains alone, on both cores).  Members are
+deterministic whatever their thread count (``tests/test_kernels_conv.py``).  When every
+member is done::
 
     RUN/ensemble.json     the members, their seeds and commands, and (at the end) the
                           members' and the ensemble's validation IoU
@@ -63,12 +66,18 @@ def _write_manifest(run_dir: Path, manifest: dict) -> None:
 
 
 def split_threads(threads: Optional[int], jobs: Optional[int], members: int):
-    """``(jobs, threads per member)``: by default one member per available thread."""
+    """``(jobs, total threads)``: by default one member per available thread."""
     total = threads or available_threads()
     jobs = jobs or max(1, min(members, total))
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    return jobs, max(1, total // jobs)
+    return jobs, total
+
+
+def member_threads(total: int, jobs: int, running: int, left: int) -> int:
+    """Threads for a member starting now, with ``running`` others and ``left`` still to start:
+    the threads are shared by the members that will run side by side from now on."""
+    return max(1, total // max(1, min(jobs, running + 1 + left)))
 
 
 def train_ensemble(cfg, run_dir: Path, *, jobs: Optional[int], threads: Optional[int],
@@ -80,17 +89,17 @@ def train_ensemble(cfg, run_dir: Path, *, jobs: Optional[int], threads: Optional
     if (run_dir / MANIFEST).exists() or (run_dir / "config.json").exists():
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} "
                         "or choose another --out")
-    jobs, per = split_threads(threads, jobs, cfg.members)
+    jobs, total = split_threads(threads, jobs, cfg.members)
     commands = []
     for k in range(cfg.members):
-        line = command_line(member_config(cfg, k), out=str(member_dir(run_dir, k)), threads=per)
+        line = command_line(member_config(cfg, k), out=str(member_dir(run_dir, k)), threads=1)
         commands.append(line + " --quiet --no-test" +
                         (f" --cache {shlex.quote(cache)}" if cache else ""))
     manifest = {"tinyseg_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join(shlex.quote(a) for a in ["python", "-m", "tinyseg.train"]
                                     + sys.argv[1:]),
-                "members": cfg.members, "jobs": jobs, "threads_per_member": per,
+                "members": cfg.members, "jobs": jobs, "threads": total,
                 "train": cfg.to_dict(),
                 "member_seeds": [cfg.seed + k for k in range(cfg.members)],
                 "member_commands": commands}
@@ -108,15 +117,16 @@ def resume_ensemble(run_dir: Path, *, jobs: Optional[int], threads: Optional[int
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{run_dir / MANIFEST}: cannot read it ({e})") from None
     if jobs or threads:
-        jobs, per = split_threads(threads, jobs, manifest["members"])
-        manifest.update(jobs=jobs, threads_per_member=per)
+        jobs, total = split_threads(threads, jobs, manifest["members"])
+        manifest.update(jobs=jobs, threads=total)
     return _run_members(run_dir, manifest, manifest["jobs"], cache, no_test, report)
 
 
-def _member_argv(run_dir: Path, manifest: dict, k: int, cache: Optional[str]) -> List[str]:
+def _member_argv(run_dir: Path, manifest: dict, k: int, cache: Optional[str],
+                 threads: int) -> List[str]:
     """The command that trains member ``k``: a fresh start, or ``--resume`` if it began."""
     d = member_dir(run_dir, k)
-    per = str(manifest["threads_per_member"])
+    per = str(threads)
     if (d / "config.json").exists():
         argv = ["--resume", str(d), "--threads", per, "--quiet", "--no-test"]
         if cache:
@@ -142,7 +152,7 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
     start_epochs = sum(min(_epochs_done(member_dir(run_dir, k)), E) for k in range(K))
     t0 = time.perf_counter()
     report(f"ensemble of {K} members (seeds {cfg.seed}-{cfg.seed + K - 1}), {jobs} at a "
-           f"time with {manifest['threads_per_member']} thread(s) each; "
+           f"time on {manifest['threads']} thread(s); "
            f"{K - len(pending)} already done; writing to {run_dir}", True)
 
     def stop_all(sig=signal.SIGINT):
@@ -154,15 +164,16 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
         while pending or running:
             while pending and len(running) < jobs and failed is None and not stopped:
                 k = pending.pop(0)
+                t = member_threads(int(manifest["threads"]), jobs, len(running), len(pending))
                 d = member_dir(run_dir, k)
                 d.mkdir(parents=True, exist_ok=True)
                 out = open(d / "output.txt", "ab")
                 outputs[k] = out
                 # a session of its own: Ctrl-C reaches the members once, through stop_all
-                running[k] = subprocess.Popen(_member_argv(run_dir, manifest, k, cache),
+                running[k] = subprocess.Popen(_member_argv(run_dir, manifest, k, cache, t),
                                               stdout=out, stderr=subprocess.STDOUT,
                                               start_new_session=True)
-                report(f"member {k} (seed {cfg.seed + k}) started", True)
+                report(f"member {k} (seed {cfg.seed + k}) started on {t} thread(s)", True)
             for k, p in list(running.items()):
                 rc = p.poll()
                 if rc is None:

@@ -218,3 +218,16 @@ def test_member_commands_train_one_network_each():
         line = command_line(member_config(cfg, k))
         again = _config_from_args(build_parser().parse_args(line.split()[3:]))
         assert again.members == 1 and again.seed == 7 + k
+
+
+def test_cutout_predictor_averages_the_members_on_a_photo(tmp_path):
+    from tinyseg.infer import Predictor
+    members = nets(2)
+    paths = checkpoints(tmp_path, members)
+    ens = Predictor.from_file(save_ensemble(tmp_path / "ens.npz", paths))
+    rgb = np.random.default_rng(3).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    p = ens.photo_probability(rgb)
+    each = [Predictor.from_file(q).photo_probability(rgb) for q in paths]
+    assert p.shape == (45, 70)
+    # bilinear resizing is linear, so the resized average is the average of the resized
+    np.testing.assert_allclose(p, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)

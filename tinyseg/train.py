@@ -184,9 +184,8 @@ class TrainConfig:
 #:            12-epoch run scored 0.46 instead of 0.60 on the default test split.  Batch
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
-#:            by up to 0.19 between epochs (lesson 11).  Three such networks (seeds S … S+2;
-#:            two side by side on one thread each, then the third on both), their
-#:            probabilities averaged: one network's validation IoU depends on its seed
+#:            by up to 0.19 between epochs (lesson 11).  Three such networks (seeds S … S+2,
+#:            all three at once on one thread each: 7:32 here), their probabilities averaged: one network's validation IoU depends on its seed
 #:            (0.508-0.547 over five seeds), and averages of three or four validated
 #:            0.03 above their members' mean (tinyseg/ensemble.py; four took 9:50 here);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
@@ -927,8 +926,8 @@ def build_parser() -> argparse.ArgumentParser:
            "OUT/member<k>, and join them in OUT/best.npz; their probabilities are averaged "
            f"(tinyseg/ensemble.py) (default: the preset's: {_preset_values('members', none='1')})")
     a("--jobs", type=int, metavar="J", default=None,
-      help="with --members: how many members train at once, each with THREADS/J threads "
-           "(default: one per thread)")
+      help="with --members: how many members train at once, sharing the threads (at least "
+           "one each) (default: all of them, at most two per thread)")
     a("--threads", type=int, metavar="N", default=None,
       help="threads for the numba kernels; BLAS keeps one thread, see tinyseg/cli.py (default: all cores)")
     a("--cache", metavar="DIR", default=None,

@@ -5,11 +5,14 @@ settings, written to ``RUN/member<k>/`` (its own config, log, pictures, ``best.n
 ``last.npz``).  Each member is a separate ``python -m tinyseg.train`` process; ``--jobs J``
 of them train at once with ``--threads`` split between them.  On this 2-core machine two
 one-thread runs side by side train about 1.4 times as many images per second as one run
-with both threads (the Python between the kernels runs on one core), so the default is
-one member per core; a member that starts when fewer than ``J`` are left to run gets the
-spare threads too (the third of three trains alone, on both cores).  Members are
-deterministic whatever their thread count (``tests/test_kernels_conv.py``).  When every
-member is done::
+with both threads (the Python between the kernels runs on one core), and the ``small``
+preset's three members took 7:23 all at once, one thread each, against 9:26 two at a
+time and then the third (alone on one core, because the second was still finishing when
+it started).  So by default every member starts at once, up to two per thread, each with
+an equal share of the threads (at least one).  With ``--jobs J`` a member that starts
+when fewer than ``J`` are left gets the spare threads too.  Members give the same result
+whatever their thread count (``tests/test_kernels_conv.py``).  When every member is
+done::
 
     RUN/ensemble.json     the members, their seeds and commands, and (at the end) the
                           members' and the ensemble's validation IoU
@@ -66,9 +69,9 @@ def _write_manifest(run_dir: Path, manifest: dict) -> None:
 
 
 def split_threads(threads: Optional[int], jobs: Optional[int], members: int):
-    """``(jobs, total threads)``: by default one member per available thread."""
+    """``(jobs, total threads)``: by default every member at once, at most two per thread."""
     total = threads or available_threads()
-    jobs = jobs or max(1, min(members, total))
+    jobs = jobs or max(1, min(members, 2 * total))
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     return jobs, total

@@ -196,6 +196,9 @@ def test_flags_that_do_not_fit_an_ensemble_are_refused(data, tmp_path, capsys):
     assert run_main(main, "tinyseg.train", run_args(data, tmp_path / "c", "--members", "2",
                                                     "--max-minutes", "1")) == 1
     assert "--max-minutes is for single runs" in capsys.readouterr().err
+    assert run_main(main, "tinyseg.train", run_args(data, tmp_path / "d", "--members", "2",
+                                                    "--jobs", "0")) == 1
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_threads_are_shared_by_the_members_that_run_side_by_side():
@@ -231,3 +234,48 @@ def test_cutout_predictor_averages_the_members_on_a_photo(tmp_path):
     assert p.shape == (45, 70)
     # bilinear resizing is linear, so the resized average is the average of the resized
     np.testing.assert_allclose(p, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_member_and_resume_ends_as_an_uninterrupted_run(data, tmp_path):
+    """The command as a user runs it: SIGINT to the ensemble process once the members have
+    finished an epoch; each member saves last.npz, the command exits 130, and --resume
+    ends with the very file an uninterrupted run writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    root, cache = data
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "tinyseg.train", "--preset", "tiny", "--members", "2",
+                "--data", str(root), "--cache", str(cache), "--out", str(out), "--epochs", "6",
+                "--epoch-images", "64", "--val-limit", "6", "--quiet", "--no-test",
+                "--threads", "1", *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    whole = tmp_path / "whole"
+    assert subprocess.run(command(whole), env=env, capture_output=True).returncode == 0
+    run = tmp_path / "cut"
+    p = subprocess.Popen(command(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+            (run / f"member{k}" / "log.jsonl").is_file() for k in range(2)):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=120)[0].decode()
+    assert p.returncode == 130, out
+    assert "--resume" in out
+    done = [(run / f"member{k}" / "log.jsonl").read_text().count("\n") for k in range(2)]
+    assert all(1 <= d < 6 for d in done), done          # stopped part-way, after an epoch
+    assert all((run / f"member{k}" / "last.npz").is_file() for k in range(2))
+    assert not (run / "best.npz").exists()
+    r = subprocess.run([sys.executable, "-m", "tinyseg.train", "--resume", str(run), "--quiet",
+                        "--no-test"], env=env, capture_output=True)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    a, b = weights_of_ensemble(whole / "best.npz"), weights_of_ensemble(run / "best.npz")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -312,7 +312,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{ckpt} (trained at {info['size']}px) on the {args.split} split at {size}px"
+    members = info.get("ensemble", {}).get("members")
+    print(f"{ckpt} (trained at {info['size']}px"
+          + (f", an ensemble of {members} networks" if members else "")
+          + f") on the {args.split} split at {size}px"
           + (", flip averaging" if args.flip else ""))
     for name, r in results["filters"].items():
         if not r.get("images"):

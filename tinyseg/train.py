@@ -185,7 +185,7 @@ class TrainConfig:
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
 #:            by up to 0.19 between epochs (lesson 11).  Three such networks (seeds S … S+2,
-#:            all three at once on one thread each: 7:32 here), their probabilities averaged: one network's validation IoU depends on its seed
+#:            all three at once on one thread each: 7:28 here), their probabilities averaged: one network's validation IoU depends on its seed
 #:            (0.508-0.547 over five seeds), and averages of three or four validated
 #:            0.03 above their members' mean (tinyseg/ensemble.py; four took 9:50 here);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k

@@ -6,7 +6,7 @@ settings, written to ``RUN/member<k>/`` (its own config, log, pictures, ``best.n
 of them train at once with ``--threads`` split between them.  On this 2-core machine two
 one-thread runs side by side train about 1.4 times as many images per second as one run
 with both threads (the Python between the kernels runs on one core), and the ``small``
-preset's three members took 7:23 all at once, one thread each, against 9:26 two at a
+preset's three members took 7:21-7:23 all at once, one thread each, against 9:26 two at a
 time and then the third (alone on one core, because the second was still finishing when
 it started).  So by default every member starts at once, up to two per thread, each with
 an equal share of the threads (at least one).  With ``--jobs J`` a member that starts
@@ -70,11 +70,10 @@ def _write_manifest(run_dir: Path, manifest: dict) -> None:
 
 def split_threads(threads: Optional[int], jobs: Optional[int], members: int):
     """``(jobs, total threads)``: by default every member at once, at most two per thread."""
-    total = threads or available_threads()
-    jobs = jobs or max(1, min(members, 2 * total))
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    return jobs, total
+    total = threads or available_threads()
+    return jobs or max(1, min(members, 2 * total)), total
 
 
 def member_threads(total: int, jobs: int, running: int, left: int) -> int:
@@ -119,7 +118,7 @@ def resume_ensemble(run_dir: Path, *, jobs: Optional[int], threads: Optional[int
         manifest = json.loads((run_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{run_dir / MANIFEST}: cannot read it ({e})") from None
-    if jobs or threads:
+    if jobs is not None or threads is not None:
         jobs, total = split_threads(threads, jobs, manifest["members"])
         manifest.update(jobs=jobs, threads=total)
     return _run_members(run_dir, manifest, manifest["jobs"], cache, no_test, report)

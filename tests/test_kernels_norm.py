@@ -221,3 +221,63 @@ def test_gradcheck_kernels(fused):
     assert set(errors) == {"input", "weight", "bias"}
     for name, err in errors.items():
         assert err < GRAD_TOL, (name, err)
+
+
+# -- compiled in the process or loaded from numba's cache: the same bits -----------------------
+_REPLAY = r'''
+import sys
+import numpy as np
+import numba
+numba.set_num_threads(int(sys.argv[2]))
+from tinyseg.kernels import norm
+
+def crafted(seed, n=8, c=16, h=16, w=16):
+    # Masked elements (z <= 0) whose dx = k (-Σdz - x̂ Σ dz x̂) nearly cancels: where two
+    # builds of a kernel differ in the last bit, it shows here.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    dout = (rng.standard_normal((n, c, h, w)) * 1e-3).astype(np.float32)
+    for ch in range(c):
+        xc = x[:, ch].astype(np.float64)
+        dz = np.where(xc > 0, dout[:, ch].astype(np.float64), 0.0)
+        t = -dz.sum() / (dz * xc).sum()
+        neg = xc <= 0
+        vals = -abs(t) * (1 + rng.standard_normal(int(neg.sum())) * 1e-6)
+        x[:, ch][neg] = np.minimum(vals, -1e-7).astype(np.float32)
+    ones, zeros = np.ones(c, np.float32), np.zeros(c, np.float32)
+    return dout, x, zeros, ones, ones, zeros
+
+out = {}
+for s in range(8):
+    dout, x, mean, invstd, g, b = crafted(s)
+    for name, r in (("relu", norm.batchnorm_relu_backward(dout, x, mean, invstd, g, b)),
+                    ("bn", norm.batchnorm2d_backward(dout, x, mean, invstd, g)),
+                    ("stats", norm.batchnorm2d_stats(x, 1e-5))):
+        for k, a in enumerate(r):
+            out[f"{s}_{name}_{k}"] = a
+np.savez(sys.argv[1], **out)
+'''
+
+
+@pytest.mark.slow
+def test_compiled_and_cached_kernels_give_the_same_bits(tmp_path):
+    """numba 0.68's ``parallel=True`` + fast-math kernels gave other bits when loaded from
+    the on-disk cache than when compiled in the process (hundreds of elements of ``dx``
+    on these inputs), which made training runs depend on the cache's state.  The kernels
+    with sums are serial now; compiled, loaded, and on 1 or 2 threads they must agree."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "replay.py"
+    script.write_text(_REPLAY)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    runs = [("compiled", "1"), ("loaded", "1"), ("loaded-2", "2")]
+    for name, threads in runs:
+        r = subprocess.run([sys.executable, str(script), str(tmp_path / f"{name}.npz"), threads],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    first = np.load(tmp_path / "compiled.npz")
+    for name, _ in runs[1:]:
+        other = np.load(tmp_path / f"{name}.npz")
+        for k in first.files:
+            np.testing.assert_array_equal(first[k], other[k], err_msg=f"{name}: {k}")

@@ -8,9 +8,20 @@ are written out there).  Per channel ``c``, over the ``M = N·H·W`` values of `
 
 Each public function is a few lines of Python around its numba kernel (the same name with
 a leading underscore; ``batchnorm2d_forward`` runs the statistics kernel, then
-``_batchnorm2d_normalise``).  Each kernel runs one ``prange`` iteration per channel (channels are
-independent) and accumulates its sums in float64 also for float32 inputs.  Outputs are
-C-contiguous, in ``x``'s dtype.
+``_batchnorm2d_normalise``).  Channels are independent; the kernels accumulate their sums in
+float64 also for float32 inputs.  Outputs are C-contiguous, in ``x``'s dtype.
+
+**Threads.**  The element-wise kernels run one ``prange`` iteration per channel.  The three
+kernels with sums (``FASTMATH``, below) are serial over a range of channels ``c0 … c1−1``,
+compiled with ``nogil=True``, and the channels are split over Python threads as the
+convolutions split images (``tinyseg.kernels.conv._in_parallel``).  The reason is
+reproducibility: numba 0.68's ``parallel=True`` kernels with fast-math flags computed
+differently when compiled in the running process than when loaded from numba's on-disk
+cache (one element of ``dx`` in 160 k differed in the last bit on a real training batch,
+enough to send a 16-epoch run down another path from epoch 8 on), while serial fast-math
+kernels and parallel kernels without fast-math gave the same bits both ways
+(README, "Training results").  Each channel is computed by one thread from start to end,
+so the results are the same for any number of threads.
 
 **Two things make these loops fast** (measured here on the BN + ReLU backward of an
 (8, 100, 64, 64) float32 input, one thread; ``python -m benchmarks`` has the full rows):
@@ -33,6 +44,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
+
+from .conv import _in_parallel
 
 __all__ = ["batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
            "batchnorm_relu_forward", "batchnorm_relu_backward"]
@@ -69,15 +82,20 @@ def _channels_of(x):
     return np.ascontiguousarray(x), C
 
 
+def _backward_outputs(x, C):
+    """Empty ``(dx, dweight, dbias)`` for a backward kernel to fill, in ``x``'s dtype."""
+    n, _, h, w = x.shape
+    return (np.empty((n, C, h, w), dtype=x.dtype), np.empty(C, dtype=x.dtype),
+            np.empty(C, dtype=x.dtype))
+
+
 # -- statistics and the plain batch norm ------------------------------------------------------
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def _batchnorm2d_stats(x, c_, eps):
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _batchnorm2d_stats(x, c0, c1, eps, mean, invstd):
     n_, h_, w_ = x.shape[0], x.shape[2], x.shape[3]
     m = n_ * h_ * w_
-    mean = np.empty(c_, dtype=x.dtype)
-    invstd = np.empty(c_, dtype=x.dtype)
-    for c in prange(c_):
+    for c in range(c0, c1):
         s = 0.0
         for n in range(n_):
             for i in range(h_):
@@ -92,13 +110,15 @@ def _batchnorm2d_stats(x, c_, eps):
                     ss += d * d
         mean[c] = mu
         invstd[c] = 1.0 / np.sqrt(ss / m + eps)
-    return mean, invstd
 
 
 def batchnorm2d_stats(x, eps):
     """``(mean, invstd)`` of each channel: μ = Σx/M, invstd = (Σ(x − μ)²/M + ε)^−½."""
     xc, C = _channels_of(x)
-    return _batchnorm2d_stats(xc, C, eps)
+    mean = np.empty(C, dtype=x.dtype)
+    invstd = np.empty(C, dtype=x.dtype)
+    _in_parallel(lambda c0, c1: _batchnorm2d_stats(xc, c0, c1, eps, mean, invstd), C)
+    return mean, invstd
 
 
 @njit(cache=True, parallel=True)  # no sums in the loop: vectorised without FASTMATH, exact
@@ -121,18 +141,15 @@ def _batchnorm2d_normalise(x, c_, mean, invstd, weight, bias):
 def batchnorm2d_forward(x, weight, bias, eps):
     """Training-mode batch norm: ``(y, mean, invstd)``, y = γ · (x − μ) · invstd + β."""
     xc, C = _channels_of(x)
-    mean, invstd = _batchnorm2d_stats(xc, C, eps)
+    mean, invstd = batchnorm2d_stats(xc[:, :C], eps)
     return _batchnorm2d_normalise(xc, C, mean, invstd, weight, bias), mean, invstd
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def _batchnorm2d_backward(dout, x, c_, mean, invstd, weight):
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _batchnorm2d_backward(dout, x, c0, c1, mean, invstd, weight, dx, dweight, dbias):
     n_, h_, w_ = x.shape[0], x.shape[2], x.shape[3]
     m = n_ * h_ * w_
-    dx = np.empty((n_, c_, h_, w_), dtype=x.dtype)
-    dweight = np.empty(c_, dtype=x.dtype)
-    dbias = np.empty(c_, dtype=x.dtype)
-    for c in prange(c_):
+    for c in range(c0, c1):
         mu = np.float64(mean[c])
         r = np.float64(invstd[c])
         sum_dy = 0.0
@@ -152,14 +169,16 @@ def _batchnorm2d_backward(dout, x, c_, mean, invstd, weight):
                     xhat = (x[n, c, i, j] - mu) * r
                     dx[n, c, i, j] = k * (m * np.float64(dout[n, c, i, j]) - sum_dy
                                           - xhat * sum_dy_xhat)
-    return dx, dweight, dbias
 
 
 def batchnorm2d_backward(dout, x, mean, invstd, weight):
     """Training-mode batch-norm backward: ``(dx, dweight, dbias)``."""
     xc, C = _channels_of(x)
     dc, _ = _channels_of(dout)
-    return _batchnorm2d_backward(dc, xc, C, mean, invstd, weight)
+    dx, dweight, dbias = _backward_outputs(x, C)
+    _in_parallel(lambda c0, c1: _batchnorm2d_backward(dc, xc, c0, c1, mean, invstd, weight,
+                                                      dx, dweight, dbias), C)
+    return dx, dweight, dbias
 
 
 # -- fused BatchNorm + ReLU (the dense layers) ------------------------------------------------
@@ -187,14 +206,11 @@ def batchnorm_relu_forward(x, mean, invstd, weight, bias):
     return _batchnorm_relu_forward(xc, C, mean, invstd, weight, bias)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def _batchnorm_relu_backward(dout, x, c_, mean, invstd, weight, bias):
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _batchnorm_relu_backward(dout, x, c0, c1, mean, invstd, weight, bias, dx, dweight, dbias):
     n_, h_, w_ = x.shape[0], x.shape[2], x.shape[3]
     m = n_ * h_ * w_
-    dx = np.empty((n_, c_, h_, w_), dtype=x.dtype)
-    dweight = np.empty(c_, dtype=x.dtype)
-    dbias = np.empty(c_, dtype=x.dtype)
-    for c in prange(c_):
+    for c in range(c0, c1):
         mu = np.float64(mean[c])
         r = np.float64(invstd[c])
         g = np.float64(weight[c])
@@ -217,11 +233,13 @@ def _batchnorm_relu_backward(dout, x, c_, mean, invstd, weight, bias):
                     xhat = (x[n, c, i, j] - mu) * r
                     dz = np.float64(dout[n, c, i, j]) if xhat * g + b > 0.0 else 0.0
                     dx[n, c, i, j] = k * (m * dz - sum_dz - xhat * sum_dz_xhat)
-    return dx, dweight, dbias
 
 
 def batchnorm_relu_backward(dout, x, mean, invstd, weight, bias):
     """Fused BN + ReLU backward (training mode), ReLU mask recomputed from ``x``."""
     xc, C = _channels_of(x)
     dc, _ = _channels_of(dout)
-    return _batchnorm_relu_backward(dc, xc, C, mean, invstd, weight, bias)
+    dx, dweight, dbias = _backward_outputs(x, C)
+    _in_parallel(lambda c0, c1: _batchnorm_relu_backward(dc, xc, c0, c1, mean, invstd, weight,
+                                                         bias, dx, dweight, dbias), C)
+    return dx, dweight, dbias

@@ -28,12 +28,15 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from .checkpoint import META as _META, CheckpointError, build_model
+from .io import atomic_save_npz
+from .tiramisu import FORMAT_VERSION
+
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["Ensemble", "save_ensemble", "is_ensemble_file", "load_ensemble", "ENSEMBLE"]
 
 ENSEMBLE = "__ensemble__"
-_META = "__meta__"
 
 
 class Ensemble:
@@ -77,7 +80,6 @@ class Ensemble:
 
 
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
-    from .checkpoint import CheckpointError
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
@@ -103,8 +105,6 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
     The members must share the training size, mean and std (they were trained on the same
     data); anything else in ``extra`` goes into ``__ensemble__``.
     """
-    from .checkpoint import CheckpointError
-    from .io import atomic_save_npz
     arrays: Dict[str, np.ndarray] = {}
     meta = None
     sources: List[str] = []
@@ -139,8 +139,6 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
 
 def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
     """``(Ensemble in eval mode, meta, ensemble_info)`` from a file of :func:`save_ensemble`."""
-    from .checkpoint import CheckpointError, build_model
-    from .tiramisu import FORMAT_VERSION
     path = Path(path)
     data = _load_npz(path)
     try:

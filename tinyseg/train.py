@@ -185,9 +185,10 @@ class TrainConfig:
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
 #:            by up to 0.19 between epochs (lesson 11).  Three such networks (seeds S … S+2,
-#:            all three at once on one thread each: 7:28 here), their probabilities averaged: one network's validation IoU depends on its seed
-#:            (0.508-0.547 over five seeds), and averages of three or four validated
-#:            0.03 above their members' mean (tinyseg/ensemble.py; four took 9:50 here);
+#:            all three at once on one thread each: 7:20 here), their probabilities
+#:            averaged: one network's validation IoU depends on its seed (0.508-0.547
+#:            over five seeds), and averages of three or four validated 0.03 above their
+#:            members' mean (tinyseg/ensemble.py; four took 9:50 here);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
 #:            same run validated 0.485 instead of 0.509); fine-tuned on the default filter

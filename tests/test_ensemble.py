@@ -199,6 +199,13 @@ def test_flags_that_do_not_fit_an_ensemble_are_refused(data, tmp_path, capsys):
     assert run_main(main, "tinyseg.train", run_args(data, tmp_path / "d", "--members", "2",
                                                     "--jobs", "0")) == 1
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    # a single run resumed with --jobs: refused as well, not silently ignored
+    single = tmp_path / "e"
+    assert run_main(main, "tinyseg.train", run_args(data, single, "--epochs", "1",
+                                                    "--no-test")) == 0
+    capsys.readouterr()
+    assert run_main(main, "tinyseg.train", ["--resume", str(single), "--jobs", "2"]) == 1
+    assert "--jobs is for ensembles" in capsys.readouterr().err
 
 
 def test_threads_are_shared_by_the_members_that_run_side_by_side():

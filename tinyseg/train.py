@@ -834,6 +834,22 @@ def test_report(checkpoint: Path, cfg: TrainConfig, cache_dir=None,
     return out
 
 
+def write_test_report(run_dir: Path, checkpoint: Path, cfg: TrainConfig,
+                      cache_dir=None) -> None:
+    """``test_report`` into ``run_dir/test.json``, one line per filter on stdout (a missing
+    test split is reported, not an error: the run itself is done)."""
+    try:
+        tests = test_report(checkpoint, cfg, cache_dir)
+    except DataError as e:
+        print(f"test split not evaluated: {e}", file=sys.stderr)
+        return
+    atomic_write_bytes(Path(run_dir) / "test.json", (json.dumps(tests, indent=2) + "\n").encode())
+    for name, r in tests.items():
+        print(f"test split, '{name}' filter ({r['images']} images): person IoU "
+              f"{r['person_iou']:.4f}, mean IoU {r['mean_iou']:.4f}, pixel accuracy "
+              f"{r['pixel_accuracy']:.4f}", flush=True)
+
+
 # ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
@@ -991,6 +1007,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     "an ensemble run")
                 return resume_ensemble(Path(args.resume), jobs=args.jobs, threads=args.threads,
                                        cache=args.cache, no_test=args.no_test, report=report)
+            if args.jobs is not None:
+                raise UserError("--jobs is for ensembles (--members K with K > 1)")
             trainer = Trainer.resume(args.resume, data=args.data, epochs=args.epochs,
                                      cache_dir=args.cache, report=report,
                                      max_seconds=max_seconds, threads=args.threads)
@@ -1051,17 +1069,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{best:.4f} at epoch {result['best_epoch']} ({trainer.best_path})"
           if best is not None else f"done: {result['epoch']} epochs", flush=True)
     if not args.no_test and trainer.best_path.is_file():
-        try:
-            tests = test_report(trainer.best_path, trainer.cfg, args.cache)
-        except DataError as e:
-            print(f"test split not evaluated: {e}", file=sys.stderr)
-        else:
-            atomic_write_bytes(trainer.run_dir / "test.json",
-                               (json.dumps(tests, indent=2) + "\n").encode())
-            for name, r in tests.items():
-                print(f"test split, '{name}' filter ({r['images']} images): person IoU "
-                      f"{r['person_iou']:.4f}, mean IoU {r['mean_iou']:.4f}, pixel accuracy "
-                      f"{r['pixel_accuracy']:.4f}", flush=True)
+        write_test_report(trainer.run_dir, trainer.best_path, trainer.cfg, args.cache)
     return 0
 
 

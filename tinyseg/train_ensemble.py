@@ -28,7 +28,6 @@ resume, the divergence check) holds for each member.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -245,7 +244,7 @@ def _join(run_dir: Path, manifest: dict, cfg, cache: Optional[str], no_test: boo
     from .data.cache import load_split
     from .ensemble import save_ensemble
     from .evaluate import evaluate_dataset
-    from .train import _clock, test_report
+    from .train import _clock, write_test_report
     K = int(manifest["members"])
     paths = [member_dir(run_dir, k) / "best.npz" for k in range(K)]
     best = save_ensemble(run_dir / "best.npz", paths)
@@ -264,10 +263,5 @@ def _join(run_dir: Path, manifest: dict, cfg, cache: Optional[str], no_test: boo
     print(f"done: {K} members in {_clock(seconds)} (this session); members' best validation "
           f"IoU {ious}; the ensemble's validation IoU {ev.person_iou:.4f} ({best})", flush=True)
     if not no_test:
-        tests = test_report(best, cfg, cache)
-        atomic_write_bytes(run_dir / "test.json", (json.dumps(tests, indent=2) + "\n").encode())
-        for name, r in tests.items():
-            print(f"test split, '{name}' filter ({r['images']} images): person IoU "
-                  f"{r['person_iou']:.4f}, mean IoU {r['mean_iou']:.4f}, pixel accuracy "
-                  f"{r['pixel_accuracy']:.4f}", flush=True)
+        write_test_report(run_dir, best, cfg, cache)
     return 0

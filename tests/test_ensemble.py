@@ -129,6 +129,29 @@ def test_bad_ensembles_are_refused_by_name(tmp_path):
         load_ensemble(tmp_path / "short.npz")
 
 
+def test_join_command_writes_the_same_file_and_refuses_by_name(tmp_path, capsys):
+    from tinyseg.ensemble import PROG, main as join_main
+    paths = checkpoints(tmp_path, nets(2))
+    out = tmp_path / "joined.npz"
+    assert run_main(join_main, PROG, [str(out), *map(str, paths)]) == 0
+    assert "an ensemble of 2 networks" in capsys.readouterr().out
+    model, info = load_model(out)
+    assert isinstance(model, Ensemble) and info["ensemble"]["members"] == 2
+    ref = save_ensemble(tmp_path / "ref.npz", paths)
+    x = x_batch()
+    np.testing.assert_array_equal(model.forward(x), load_model(ref)[0].forward(x))
+    # a missing member: exit 1, one line naming the file, and nothing written
+    assert run_main(join_main, PROG, [str(tmp_path / "x.npz"), str(paths[0]),
+                                      str(tmp_path / "gone.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "gone.npz: file not found" in err and "Traceback" not in err
+    assert not (tmp_path / "x.npz").exists()
+    # the output may not overwrite a member
+    assert run_main(join_main, PROG, [str(paths[0]), str(paths[0]), str(paths[1])]) == 1
+    assert "would overwrite one of its members" in capsys.readouterr().err
+    assert not is_ensemble_file(paths[0])
+
+
 # -- training ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

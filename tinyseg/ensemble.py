@@ -18,17 +18,24 @@ The file: one ``.npz`` holding every member's weight file under a prefix ``membe
 members' shared ``__meta__`` (training size, mean, std) and ``__ensemble__`` (JSON: the
 number of members and where they came from).  ``tinyseg.checkpoint.load_model`` opens it
 like any other checkpoint.
+
+Join checkpoints from the command line (the same as :func:`save_ensemble`)::
+
+    python -m tinyseg.ensemble ens.npz runs/a/best.npz runs/b/best.npz
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .checkpoint import META as _META, CheckpointError, build_model
+from .cli import HelpFormatter, UserError, run_main
 from .io import atomic_save_npz
 from .tiramisu import FORMAT_VERSION
 
@@ -160,3 +167,30 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
     ens = Ensemble(members)
     ens.eval()
     return ens, meta, info
+
+
+PROG = "python -m tinyseg.ensemble"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Join model checkpoints into one ensemble file that ``evaluate`` and ``cutout`` take."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=HelpFormatter,
+        description="Join model checkpoints (each a run's best.npz) into one ensemble file; "
+                    "evaluate and cutout average the members' probabilities.")
+    parser.add_argument("out", metavar="OUT.npz", help="the ensemble file to write")
+    parser.add_argument("members", metavar="MEMBER.npz", nargs="+",
+                        help="checkpoints trained on the same data (same size, mean, std)")
+    args = parser.parse_args(argv)
+    if Path(args.out).resolve() in {Path(m).resolve() for m in args.members}:
+        raise UserError(f"{args.out}: the output would overwrite one of its members")
+    try:
+        path = save_ensemble(args.out, args.members)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    print(f"{path}: an ensemble of {len(args.members)} networks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, PROG))

@@ -5,6 +5,7 @@ the last bit, to the single run with seed ``S+k``, and check that an ensemble ru
 after losing a member ends with the same file.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +310,56 @@ def test_ctrl_c_stops_every_member_and_resume_ends_as_an_uninterrupted_run(data,
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _processes_writing_to(run) -> list:
+    """PIDs of processes whose command line names ``run`` (Linux ``/proc``)."""
+    import os
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(run) in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc (Linux)")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_kill_or_a_closed_terminal_stops_every_member_like_ctrl_c(data, tmp_path, signame):
+    """The members run in sessions of their own (so one Ctrl-C reaches each once); SIGTERM
+    or SIGHUP to the ensemble process must stop them too, not leave them training on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    root, cache = data
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "tinyseg.train", "--preset", "tiny",
+                          "--members", "2", "--data", str(root), "--cache", str(cache),
+                          "--out", str(run), "--epochs", "50", "--epoch-images", "64",
+                          "--val-limit", "6", "--quiet", "--no-test", "--threads", "1"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+            (run / f"member{k}" / "log.jsonl").is_file() for k in range(2)):
+        time.sleep(0.1)
+    members = [pid for pid in _processes_writing_to(run) if pid != p.pid]
+    assert len(members) == 2, members
+    p.send_signal(getattr(signal, signame))
+    out = p.communicate(timeout=120)[0].decode()
+    assert p.returncode == 130, out
+    assert "--resume" in out
+    time.sleep(0.5)
+    assert _processes_writing_to(run) == [], out      # no member left training
+    done = [(run / f"member{k}" / "log.jsonl").read_text().count("\n") for k in range(2)]
+    assert all(1 <= d < 50 for d in done), done
+    assert all((run / f"member{k}" / "last.npz").is_file() for k in range(2))

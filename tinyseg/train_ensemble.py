@@ -20,10 +20,12 @@ done::
                           (tinyseg.ensemble): what evaluate and cutout take
     RUN/test.json         the ensemble's test-split figures (unless --no-test)
 
-Ctrl-C stops every member after its current batch (each writes its ``last.npz``);
-``--resume RUN`` continues each unfinished member where it stopped and starts those that
-never started.  Because members are plain runs, everything about one run (determinism,
-resume, the divergence check) holds for each member.
+Ctrl-C stops every member after its current batch (each writes its ``last.npz``), and so
+do ``kill`` (SIGTERM) and a closed terminal (SIGHUP): the members run in sessions of their
+own, so without that they would train on, orphaned.  ``--resume RUN`` continues each
+unfinished member where it stopped and starts those that never started.  Because members
+are plain runs, everything about one run (determinism, resume, the divergence check) holds
+for each member.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -139,6 +142,19 @@ def _member_argv(run_dir: Path, manifest: dict, k: int, cache: Optional[str],
     return [sys.executable, "-m", "tinyseg.train"] + argv
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_signals_as_ctrl_c():
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does; returns the old
+    handlers (``{}`` outside the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    sigs = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    return {sig: signal.signal(sig, _interrupt) for sig in sigs}
+
+
 def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
                  no_test: bool, report) -> int:
     from .train import TrainConfig, _clock
@@ -161,6 +177,7 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
             if p.poll() is None:
                 p.send_signal(sig)
 
+    previous = _stop_signals_as_ctrl_c()
     try:
         while pending or running:
             while pending and len(running) < jobs and failed is None and not stopped:
@@ -215,6 +232,8 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
             for p in running.values():
                 p.wait()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for out in outputs.values():
             out.close()
     if failed is not None:

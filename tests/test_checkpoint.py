@@ -81,6 +81,25 @@ def test_bad_files_are_refused_with_the_name(tmp_path):
         load_model(tmp_path / "other.npz")
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(40), "it is a PNG image"),
+    (b"\xff\xd8\xff\xe0" + bytes(40), "it is a JPEG image"),
+    (b"", "the file is empty"),
+    (b"hello world", "it is not a zip archive"),
+])
+def test_a_file_that_is_no_npz_is_named_and_said_what_it_is(tmp_path, content, reason):
+    """A photo passed as --checkpoint by mistake: a plain reason, not NumPy's complaint
+    about pickled data (it tries to unpickle anything that is not a zip or .npy)."""
+    from tinyseg.ensemble import load_ensemble
+    path = tmp_path / "photo.npz"
+    path.write_bytes(content)
+    for load in (load_model, load_ensemble):
+        with pytest.raises(CheckpointError) as e:
+            load(path)
+        assert "photo.npz" in str(e.value) and f"not an .npz file ({reason})" in str(e.value)
+        assert "pickle" not in str(e.value)
+
+
 def test_training_checkpoint_round_trip(tmp_path, rng):
     model = _model()
     opt = RMSprop(list(model.named_parameters()), lr=3e-3, weight_decay=1e-4)

@@ -36,7 +36,7 @@ import numpy as np
 
 from .checkpoint import META as _META, CheckpointError, build_model
 from .cli import HelpFormatter, UserError, run_main
-from .io import atomic_save_npz
+from .io import atomic_save_npz, read_npz
 from .tiramisu import FORMAT_VERSION
 
 PathLike = Union[str, os.PathLike]
@@ -90,11 +90,11 @@ def _load_npz(path: Path) -> Dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {name: f[name] for name in f.files}
+        return read_npz(path)
     except Exception as e:  # not an npz, truncated, pickled objects...
+        reason = str(e) if type(e) is ValueError else f"{type(e).__name__}: {e}"
         raise CheckpointError(f"{path}: cannot read it as a tinyseg checkpoint "
-                              f"({type(e).__name__}: {e})") from None
+                              f"({reason})") from None
 
 
 def is_ensemble_file(path: PathLike) -> bool:

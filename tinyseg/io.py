@@ -44,6 +44,27 @@ def atomic_save_npz(path: PathLike, arrays: Dict[str, np.ndarray], compressed: b
     return path
 
 
+#: How files that are not ``.npz`` archives begin, for a clearer error than NumPy's.
+_NOT_NPZ = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
+
+
+def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (as ``atomic_save_npz`` writes them), never unpickling.
+
+    Raises ``ValueError`` with a plain reason for a file that is no ``.npz``: given anything
+    that is neither a zip archive nor an ``.npy``, NumPy tries to unpickle it and complains
+    about pickled data.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK"):
+        kind = next((v for k, v in _NOT_NPZ.items() if head.startswith(k)), None)
+        raise ValueError("not an .npz file (" + ("the file is empty" if not head else
+                         f"it is {kind}" if kind else "it is not a zip archive") + ")")
+    with np.load(path, allow_pickle=False) as f:
+        return {name: f[name] for name in f.files}
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
     path = Path(path)

@@ -59,7 +59,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .io import atomic_save_npz
+from .io import atomic_save_npz, read_npz
 from .kernels.conv import conv2d_backward, conv2d_forward
 from .kernels.norm import batchnorm2d_stats, batchnorm_relu_backward, batchnorm_relu_forward
 from .layers.activation import Dropout, ReLU
@@ -781,11 +781,11 @@ class Tiramisu(Layer):
         if not path.is_file():
             raise FileNotFoundError(f"Tiramisu: no weight file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {name: f[name] for name in f.files}
+            data = read_npz(path)
         except Exception as e:  # not an npz, truncated, pickled objects...
+            reason = str(e) if type(e) is ValueError else f"{type(e).__name__}: {e}"
             raise ValueError(f"Tiramisu: cannot read {path} as a tinyseg weight file "
-                             f"({type(e).__name__}: {e})") from e
+                             f"({reason})") from e
         if "__format__" not in data or "__config__" not in data:
             raise ValueError(f"Tiramisu: {path} is not a tinyseg Tiramisu weight file "
                              f"(no __format__ / __config__ entries)")

@@ -1,7 +1,8 @@
 """tinyseg: from-scratch deep-learning segmentation in NumPy and numba.
 
-The public names: the layers (PyTorch names, layouts and defaults), the loss, the optimiser
-and its schedule, initialisation, metrics and the gradient checker.  The Tiramisu lives in
+The public names: the layers (PyTorch names, layouts and argument defaults; He-uniform
+weights and zero biases, see ``tinyseg.init``), the loss, the optimiser and its schedule,
+initialisation, metrics and the gradient checker.  The Tiramisu lives in
 ``tinyseg.tiramisu``, the data path in ``tinyseg.data``, the commands in ``tinyseg.train``,
 ``tinyseg.evaluate`` and ``tinyseg.cutout``.
 """

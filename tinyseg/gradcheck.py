@@ -13,8 +13,8 @@ whose error is O(ε²).  In float64 with ε = 1e-6 the two agree to about 1e-8 r
 error for smooth layers; kinks (ReLU at 0, max-pool ties) can disagree when ``x ± ε``
 crosses them, so tests draw inputs away from those.
 
-The relative error reported for an array is ``max|a − n| / max(|a|, |n|, tiny)`` taken over
-the checked entries (one number per array, the worst case).
+The relative error reported for an array is ``max|a − n| / max(max|a|, max|n|)`` (0.0 when
+both are zero) taken over the checked entries (one number per array, the worst case).
 """
 from __future__ import annotations
 

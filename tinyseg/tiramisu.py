@@ -9,7 +9,9 @@ Dropout.  It maps ``(N, c, H, W) → (N, k, H, W)``.
 
     x_ℓ = DenseLayer_ℓ([x₀, x₁, …, x_{ℓ−1}])          ℓ = 1 … L,  [·] = concatenation
     output = [x₀, x₁, …, x_L]   (c₀ + L·k channels)     on the down path
-    output = [x₁, …, x_L]       (L·k channels)          bottleneck and up path
+    output = [x₁, …, x_L]       (L·k channels)          bottleneck and up path, except
+                                                        the last up block (full output,
+                                                        read by the final 1×1 conv)
 
 **Transition down** (``TransitionDown``): BatchNorm → ReLU → 1×1 convolution (``m → m``) →
 Dropout → 2×2 max-pool, ``(N, m, H, W) → (N, m, ⌊H/2⌋, ⌊W/2⌋)``.
@@ -49,7 +51,9 @@ Input sizes
 -----------
 Heights and widths that are not multiples of ``2**pools`` are zero-padded at the bottom and
 right up to the next multiple, and the logits are cropped back to the input's size (the
-gradient is cropped the same way), so any input of at least 1×1 works.
+gradient is cropped the same way), so any input of at least 1×1 works in eval mode with
+running statistics; with batch statistics (training, or ``eval_bn="batch"``) the bottleneck
+needs ``N·⌈H/2^pools⌉·⌈W/2^pools⌉ ≥ 2`` values per channel.
 """
 from __future__ import annotations
 
@@ -116,7 +120,9 @@ class _NormReLUConv(Layer):
     used by the convolution and dropped, then computed again in ``backward``.  ``x`` may be a
     (non-contiguous) view into a dense block's buffer and must not change before backward.
 
-    Both ways use the same parameters and give the same numbers.
+    Both ways use the same parameters and give the same numbers, bit for bit in training
+    mode; in eval mode with running statistics they agree to float32 rounding (the fused
+    kernel computes in float64, ``BatchNorm2d`` in the input's dtype).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dropout: float,
@@ -291,7 +297,7 @@ class DenseBlock(Layer):
     memory_efficient=True, rng=None, dtype=np.float32)``.
 
     ``(N, c₀, H, W) → (N, c₀ + L·k, H, W)``, or ``(N, L·k, H, W)`` with
-    ``new_features_only=True`` (the bottleneck and the up path), where ``L = num_layers`` and
+    ``new_features_only=True`` (the bottleneck and every up block but the last), where ``L = num_layers`` and
     ``k = growth_rate``.  Layer ℓ (0-based) sees ``c₀ + ℓ·k`` channels: the block input and
     every earlier layer's output, concatenated.  Children: ``layers`` (a list of
     ``DenseLayer``), so parameters are named ``layers.<ℓ>.conv.weight`` and so on.
@@ -581,9 +587,11 @@ class Tiramisu(Layer):
         (down blocks, bottleneck, up blocks), or the down blocks and the bottleneck only
         (``pools + 1`` numbers, mirrored for the up path).
     pools : number of transition downs (and ups).
-    dropout : dropout probability after every convolution in the blocks and transitions.
+    dropout : dropout probability after the convolution of every dense layer and transition
+        down.
     memory_efficient : shared-buffer dense blocks that recompute BN + ReLU in backward
-        (default) or the naive ones; same numbers, different memory.
+        (default) or the naive ones; same numbers (to float32 rounding in eval mode),
+        different memory.
     eval_bn : ``"running"`` (default) normalise with running statistics in eval mode;
         ``"batch"`` with the batch's own statistics, as in the paper.
     rng : ``numpy.random.Generator`` (or an int seed; ``None`` means seed 0) for the weights;
@@ -1024,15 +1032,16 @@ tiramisu_small.__name__ = "tiramisu_small"
 tiramisu_small.__doc__ = """A small Tiramisu for a 2-core CPU: 4 layers per block, k = 12, m = 24,
 4 pools (sides that are multiples of 16 need no padding).
 
-853,970 parameters with 2 classes (855,491 with 11).  The training command's default model
-(64 × 64 images)."""
+853,970 parameters with 2 classes (855,491 with 11).  The model of the training command's
+``medium`` preset (96 × 96 images) and of the bundled weights."""
 
 tiramisu_tiny = _preset(dict(first_filters=16, growth_rate=8, layers=3, pools=3))
 tiramisu_tiny.__name__ = "tiramisu_tiny"
 tiramisu_tiny.__doc__ = """The smallest preset, for tests, lessons and quick experiments: 3 layers
 per block, k = 8, m = 16, 3 pools (sides that are multiples of 8 need no padding).
 
-147,650 parameters with 2 classes (148,451 with 11)."""
+147,650 parameters with 2 classes (148,451 with 11).  Also the model of the training
+command's default ``small`` preset (64 × 64 images)."""
 
 PRESETS: Dict[str, Callable[..., Tiramisu]] = {
     "fc_densenet56": fc_densenet56,

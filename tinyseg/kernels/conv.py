@@ -22,7 +22,7 @@ A convolution can be computed two ways, and both are used:
 
 ``conv2d`` with stride 1 takes the route with the smaller temporary: gather when C ≤ O,
 scatter when C > O (the Tiramisu's dense layers go from up to a few hundred channels down to
-the growth rate, 16: 10-15x less memory traffic).  Strided convolutions gather; transposed
+the growth rate, 8-16 in the presets: 10-15x less memory traffic).  Strided convolutions gather; transposed
 convolutions scatter forward and gather backward; a 1×1 stride-1 convolution is one matrix
 product.  Work goes image by image (and in blocks of rows on very large images, see
 ``CHUNK_BYTES``), so temporaries stay bounded and are reused.
@@ -116,9 +116,10 @@ def _col2im_rows_add(cols, i0, kh, kw, sh, sw, ph, pw, img, n):
 CHUNK_BYTES = 32 << 20
 """Upper bound on one block of the column matrix (per image, R rows at a time): bounds the
 temporary memory of a convolution on large images.  Blocks are large on purpose: every
-block costs one multi-threaded BLAS call, and on a busy machine each call's thread
-synchronisation is expensive (1 MiB blocks, which would stay in L2, measured 1.5-5x slower
-than whole images on the shared 2-core machine)."""
+block costs one BLAS call.  Measured when those calls were multi-threaded (before tinyseg
+kept OpenBLAS at one thread), where each call's thread synchronisation was expensive on a
+busy machine: 1 MiB blocks, which would stay in L2, ran 1.5-5x slower than whole images on
+the shared 2-core machine."""
 
 
 def _rows_per_chunk(rows, bytes_per_row):
@@ -169,9 +170,10 @@ def _sum_images(parts):
 def _add_gram(acc, a, b):
     """``acc += a · bᵀ`` for a (m, L), b (k, L) with L large (a weight gradient).
 
-    Computed as ``(b · aᵀ)ᵀ`` when b has more rows: OpenBLAS splits the work over threads
-    along the first dimension, and with few rows there (e.g. 48 × 144 with L = 50 176) it
-    measured 5x slower than the same product the other way round.
+    Computed as ``(b · aᵀ)ᵀ`` when b has more rows.  Measured when OpenBLAS still ran on
+    several threads (before tinyseg kept it at one): it splits the work over threads along
+    the first dimension, and with few rows there (e.g. 48 × 144 with L = 50 176) the product
+    took 5x longer than the other way round.  Kept: with one thread it costs nothing.
     """
     if a.shape[0] >= b.shape[0]:
         acc += np.matmul(a, b.T)

@@ -55,7 +55,7 @@ __all__ = ["batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
 #: x · (1/y)), ``nsz`` (the sign of a zero may be ignored).  Not ``nnan`` / ``ninf``: NaN and
 #: inf still propagate as in the reference; not ``contract`` (fused multiply-add), which
 #: changed results in the last bit and measured no faster.  The element-wise kernels
-#: (``_batchnorm_relu_forward``, the normalisation in ``_batchnorm2d_forward``) vectorise
+#: (``_batchnorm_relu_forward``, the normalisation ``_batchnorm2d_normalise``) vectorise
 #: without these flags and stay bit-identical to the reference.
 FASTMATH = {"reassoc", "arcp", "nsz"}
 

@@ -1,7 +1,7 @@
 """RMSprop update kernel (numba).  Equations: tinyseg.reference.optim.
 
 Serial on purpose.  The optimiser calls it once per parameter array (106 arrays in the
-``small`` preset, most of them a few hundred values), and each call does a few operations
+``small`` training preset's ``tiramisu_tiny``, most of them a few hundred values), and each call does a few operations
 per value: a parallel loop costs more to start than it saves.  With ``prange`` and sleeping
 OpenMP workers (``OMP_WAIT_POLICY=PASSIVE``, see ``tinyseg/__init__.py``) all 106 calls took
 10 ms at two threads against 0.33 ms at one; this serial kernel takes 0.25 ms

@@ -8,12 +8,14 @@ A layer owns three dicts of NumPy arrays:
 
 ``forward(x)`` checks its input, calls one kernel, and keeps in ``self`` only what
 ``backward`` needs.  ``backward(dout)`` *adds* the parameter gradients into ``grads``
-(so a layer used twice accumulates, as in PyTorch) and returns the input gradient.
+(so the gradients of several forward/backward pairs add up until ``zero_grad``, as in
+PyTorch) and returns the input gradient.  A layer keeps only its last forward's input, so
+one layer must not appear twice in one forward pass.
 
 Layers that are built from other layers (a dense block, the whole Tiramisu) keep their
 children as ordinary attributes, or in lists of layers; ``named_layers`` finds them, and
 ``named_parameters`` / ``state_dict`` give dotted names exactly like PyTorch's
-(``down.0.conv.weight``), so weights can be copied to and from a PyTorch model by name.
+(``trans_down.0.conv.weight``), so weights can be copied to and from a PyTorch model by name.
 """
 from __future__ import annotations
 

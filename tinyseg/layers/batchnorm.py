@@ -144,8 +144,9 @@ def recompute_running_stats(model: Layer, batches: Iterable[np.ndarray]) -> int:
     Each batch norm starts from ``running_mean = 0``, ``running_var = 1``,
     ``num_batches_tracked = 0`` with ``momentum = None``, so after ``n`` batches
     ``running_mean = (1/n) Σ μ_B`` and ``running_var = (1/n) Σ σ²_B · M/(M − 1)``.  The batch
-    norms run in training mode (batch statistics), everything else in eval mode (no
-    dropout, whose random generators are left untouched); nothing is learnt.  Momentum and
+    norms, and every other layer but ``Dropout``, run in training mode (batch statistics;
+    the Tiramisu's dense layers read their own flag), dropout in eval mode (no dropout, its
+    random generators left untouched); nothing is learnt.  Momentum and
     train/eval modes are restored afterwards, also on error.  Raises ``ValueError`` if
     ``batches`` is empty (the running statistics are then left as they were).
     """

@@ -202,9 +202,10 @@ class ConvTranspose2d(_ConvBase):
     in_channels, out_channels : C and O.
     kernel_size : ``k`` or ``(kh, kw)``.
     stride : s ≥ 1; padding : P ≥ 0 (removed from every side of the full output).
-    output_padding : 0 ≤ op < s, extra rows / columns at the bottom / right (they get the
-        bias only); it chooses among the ``s`` input sizes a strided ``Conv2d`` maps to the
-        same output size.
+    output_padding : 0 ≤ op < s, op more rows / columns at the bottom / right of the output:
+        computed ones that the padding crop would otherwise remove (only where op > P do
+        op − P of them lie beyond every input's reach and hold the bias alone); it chooses
+        among the ``s`` input sizes a strided ``Conv2d`` maps to the same output size.
     bias, rng, dtype : as for ``Conv2d``.
 
     Shapes: x (N, C, H, W) -> y (N, O, Ho, Wo), Ho = (H − 1)·s − 2P + kh + op, Wo likewise.

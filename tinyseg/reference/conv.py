@@ -30,9 +30,11 @@ gradient *scatters*: every output gradient is spread back over the window it cam
 
     Ho = (H − 1)·s − 2P + kh + output_padding     (and the same for Wo)
 
-``y_full`` has (H − 1)·s + kh + output_padding rows; ``output_padding`` (0 ≤ op < s) only adds
-rows / columns at the bottom / right that no input reaches (they hold the bias alone); it
-exists to pick one of the ``s`` input sizes that a strided convolution maps to the same
+``y_full`` has (H − 1)·s + kh + output_padding rows, the last ``output_padding`` (0 ≤ op < s)
+of which no input reaches, and ``y`` drops P rows from each end of it: with op ≤ P the
+unreached rows are cropped away and op only keeps computed rows that the crop would have
+removed; only where op > P do op − P unreached rows (the bias alone) remain.  It exists to
+pick one of the ``s`` input sizes that a strided convolution maps to the same
 output size.  With the same ``w`` (read as OIHW with O = C_in), ``conv_transpose2d_forward``
 is ``conv2d_backward``'s input gradient, and ``conv_transpose2d_backward``'s input gradient is
 ``conv2d_forward``: the two are adjoint linear maps, ⟨conv(x), z⟩ = ⟨x, convᵀ(z)⟩.

@@ -175,9 +175,12 @@ def test_members_are_the_single_runs_and_resume_restores_a_lost_member(data, tmp
                                                                         capsys, monkeypatch):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "1")  # --threads sets them: restored after the test
+    import shutil
+    own = tmp_path / "coco"                 # a copy of the data, moved before the resume
+    shutil.copytree(data[0], own)
     run = tmp_path / "ens"
-    assert run_main(main, "tinyseg.train", run_args(data, run, "--members", "2", "--seed", "3",
-                                                    "--jobs", "2")) == 0
+    assert run_main(main, "tinyseg.train", run_args((own, data[1]), run, "--members", "2",
+                                                    "--seed", "3", "--jobs", "2")) == 0
     text = capsys.readouterr().out
     assert "the ensemble's validation IoU" in text and "test split" in text
     manifest = json.loads((run / "ensemble.json").read_text())
@@ -193,18 +196,38 @@ def test_members_are_the_single_runs_and_resume_restores_a_lost_member(data, tmp
     assert w1.keys() == ws.keys()
     for name in ws:
         np.testing.assert_array_equal(w1[name], ws[name], err_msg=name)
-    # lose member 1 and the joined file: --resume trains it again and joins the same file
+    # lose member 1 and the joined file, and move the data: --resume --data NEW trains the
+    # member again from the data's new place and joins the same file
     before = {k: v.copy() for k, v in weights_of_ensemble(run / "best.npz").items()}
-    import shutil
     shutil.rmtree(run / "member1")
     (run / "best.npz").unlink()
+    own.rename(tmp_path / "moved")
     capsys.readouterr()
-    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test"]) == 0
+    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test",
+                                            "--data", str(tmp_path / "moved")]) == 0
     assert "1 already done" in capsys.readouterr().out
     after = weights_of_ensemble(run / "best.npz")
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+
+def test_resumed_members_read_the_data_where_the_ensemble_says(tmp_path):
+    """``--resume RUN --data NEW`` reaches every member: those that start afresh and those
+    that go on from their own run directory."""
+    from tinyseg.train_ensemble import _member_argv
+    manifest = {"train": {"data": "/new/place"},
+                "member_commands": ["python -m tinyseg.train --seed 0 --data /old/place "
+                                    "--threads 1 --out RUN/member0 --quiet --no-test"]}
+    fresh = _member_argv(tmp_path, manifest, 0, None, 2)
+    assert fresh[fresh.index("--data") + 1] == "/new/place" and "/old/place" not in fresh
+    assert fresh[fresh.index("--threads") + 1] == "2"
+    (tmp_path / "member0").mkdir()
+    (tmp_path / "member0" / "config.json").write_text("{}")
+    going_on = _member_argv(tmp_path, manifest, 0, "/cache", 1)
+    assert going_on[going_on.index("--resume") + 1] == str(tmp_path / "member0")
+    assert going_on[going_on.index("--data") + 1] == "/new/place"
+    assert going_on[going_on.index("--cache") + 1] == "/cache"
 
 
 def weights_of_ensemble(path):
@@ -230,6 +253,18 @@ def test_flags_that_do_not_fit_an_ensemble_are_refused(data, tmp_path, capsys):
     capsys.readouterr()
     assert run_main(main, "tinyseg.train", ["--resume", str(single), "--jobs", "2"]) == 1
     assert "--jobs is for ensembles" in capsys.readouterr().err
+    # --init with an ensemble file, or a file that is no checkpoint: refused by name before
+    # any member starts (no run directory is made)
+    ens = save_ensemble(tmp_path / "ens.npz", [single / "best.npz", single / "best.npz"])
+    for bad, says in ((ens, "holds an ensemble of several networks"),
+                      (tmp_path / "missing.npz", "missing.npz")):
+        for members in ("1", "2"):
+            out = tmp_path / f"init-{bad.stem}-{members}"
+            assert run_main(main, "tinyseg.train", run_args(data, out, "--members", members,
+                                                            "--init", str(bad))) == 1
+            err = capsys.readouterr().err
+            assert "--init" in err and says in err, err
+            assert not out.exists()
 
 
 def test_threads_are_shared_by_the_members_that_run_side_by_side():

@@ -332,6 +332,10 @@ def start_from(model: Tiramisu, path: str) -> None:
     :meth:`Tiramisu.load`'s checks: the network's shape must match (``ARCH_KEYS``); dropout
     and the implementation stay this run's.  Optimiser, schedule and normalisation start
     afresh."""
+    from .ensemble import is_ensemble_file
+    if is_ensemble_file(path):
+        raise UserError(f"--init: {path} holds an ensemble of several networks; give one of "
+                        f"them, e.g. {Path(path).parent / 'member0' / 'best.npz'}")
     try:
         model.load(path)
     except (OSError, ValueError) as e:
@@ -635,7 +639,7 @@ class Trainer:
                     f"  loss {loss:.4f}  {rate:.1f} img/s  ETA {_clock(eta)}", False)
 
     def _draw(self) -> None:
-        """The epoch's picture of fixed validation images and the curves (best effort)."""
+        """The epoch's picture of fixed validation images and the curves."""
         from .plot import line_plot
         from .viz import grid, overlay, save_png
 
@@ -892,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="run directory (default: runs/<preset>-<date>-<time>)")
     a("--resume", metavar="RUN_DIR", default=None,
       help="continue the run in RUN_DIR from its last.npz (its config is used; only --epochs, "
-           "--data, --threads and --max-minutes may be given too)")
+           "--data, --threads, --max-minutes, --cache, --no-test and --quiet may be given "
+           "too; an ensemble run also takes --jobs, and refuses --epochs and --max-minutes)")
     a("--model", choices=list(MODEL_PRESETS), default=None,
       help=f"network preset (default: the preset's: {_preset_values('model')})")
     a("--model-overrides", metavar="JSON", default=None,
@@ -924,8 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="random flips, zooms, brightness/contrast/gamma on training images (default: on)")
     a("--init", metavar="CHECKPOINT", default=None,
       help="start from the weights of this checkpoint (best.npz or last.npz of an earlier "
-           "run: fine-tuning); the network must have the same shape (default: random "
-           "weights)")
+           "single-network run, or member<k>/best.npz of an ensemble run: fine-tuning); the "
+           "network must have the same shape (default: random weights)")
     a("--recompute-bn", type=int, metavar="N", default=None,
       help="before each validation, set the batch-norm running statistics to averages over "
            "the first N training images, un-augmented; 0 keeps the running averages of the "
@@ -937,7 +942,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-limit", type=int, metavar="N", default=None,
       help="validate on the first N validation images (default: all)")
     a("--pictures", type=int, metavar="N", default=None,
-      help="validation images drawn in each epoch's picture (default: 6)")
+      help=f"validation images drawn in each epoch's picture (default: the preset's: "
+           f"{_preset_values('pictures')})")
     a("--members", type=int, metavar="K", default=None,
       help="train an ensemble of K networks, seeds SEED … SEED+K-1, each an ordinary run in "
            "OUT/member<k>, and join them in OUT/best.npz; their probabilities are averaged "
@@ -1006,7 +1012,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     raise UserError("--epochs and --max-minutes cannot be given when resuming "
                                     "an ensemble run")
                 return resume_ensemble(Path(args.resume), jobs=args.jobs, threads=args.threads,
-                                       cache=args.cache, no_test=args.no_test, report=report)
+                                       cache=args.cache, no_test=args.no_test, report=report,
+                                       data=args.data)
             if args.jobs is not None:
                 raise UserError("--jobs is for ensembles (--members K with K > 1)")
             trainer = Trainer.resume(args.resume, data=args.data, epochs=args.epochs,
@@ -1034,6 +1041,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if args.max_minutes is not None:
                     raise UserError("--max-minutes is for single runs; stop an ensemble run "
                                     "with Ctrl-C and go on with --resume")
+                if cfg.init:                # refused here, not once per member
+                    start_from(build_model(cfg), cfg.init)
                 return train_ensemble(cfg, out, jobs=args.jobs, threads=args.threads,
                                       cache=args.cache, no_test=args.no_test, report=report)
             if args.jobs is not None:

@@ -113,8 +113,10 @@ def train_ensemble(cfg, run_dir: Path, *, jobs: Optional[int], threads: Optional
 
 
 def resume_ensemble(run_dir: Path, *, jobs: Optional[int], threads: Optional[int],
-                    cache: Optional[str], no_test: bool, report) -> int:
-    """Go on with the ensemble run in ``run_dir`` (``--resume``)."""
+                    cache: Optional[str], no_test: bool, report,
+                    data: Optional[str] = None) -> int:
+    """Go on with the ensemble run in ``run_dir`` (``--resume``); ``data``: the data
+    directory if it has moved since (every member and the final scoring use it)."""
     run_dir = Path(run_dir)
     try:
         manifest = json.loads((run_dir / MANIFEST).read_text())
@@ -123,6 +125,8 @@ def resume_ensemble(run_dir: Path, *, jobs: Optional[int], threads: Optional[int
     if jobs is not None or threads is not None:
         jobs, total = split_threads(threads, jobs, manifest["members"])
         manifest.update(jobs=jobs, threads=total)
+    if data is not None:
+        manifest["train"]["data"] = str(Path(data).resolve())
     return _run_members(run_dir, manifest, manifest["jobs"], cache, no_test, report)
 
 
@@ -132,13 +136,14 @@ def _member_argv(run_dir: Path, manifest: dict, k: int, cache: Optional[str],
     d = member_dir(run_dir, k)
     per = str(threads)
     if (d / "config.json").exists():
-        argv = ["--resume", str(d), "--threads", per, "--quiet", "--no-test"]
+        argv = ["--resume", str(d), "--threads", per, "--quiet", "--no-test",
+                "--data", manifest["train"]["data"]]
         if cache:
             argv += ["--cache", cache]
     else:
         argv = shlex.split(manifest["member_commands"][k])[3:]   # after "python -m tinyseg.train"
-        i = argv.index("--threads")
-        argv[i + 1] = per
+        argv[argv.index("--threads") + 1] = per
+        argv[argv.index("--data") + 1] = manifest["train"]["data"]
     return [sys.executable, "-m", "tinyseg.train"] + argv
 
 

@@ -8,5 +8,6 @@
 * ``benchmarks.run``: the correctness gate, the timer, the worker processes (one per thread
   count and side), the whole-model training steps, the compilation run, the tables;
 * ``benchmarks.torch_tiramisu``: the Tiramisu in plain PyTorch, parameter names as tinyseg's;
-* ``benchmarks/results/``: the latest results, ``latest.json`` and ``latest.md``.
+* ``benchmarks/results/``: the latest results, ``latest.json``, ``latest.md`` and
+  ``latest-summary.md``.
 """

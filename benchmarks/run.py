@@ -9,8 +9,9 @@ Run from the repository root::
 What it does, per thread count (each in fresh processes, so that the thread settings are in
 place before NumPy, numba and PyTorch start their thread pools):
 
-1. **Shapes.**  One real training step of each training preset (``tinyseg.train.PRESETS``:
-   network, image size, batch size) is run with every kernel call recorded
+1. **Shapes.**  One real training step of each of ``--kernel-presets`` (default ``small``
+   and ``fcdensenet56``, from ``tinyseg.train.PRESETS``: network, image size, batch size)
+   is run with every kernel call recorded
    (``benchmarks.cases.record_step``); the distinct calls of each kind are the benchmark
    cases, at batch 4 and 8 (``--batches``).
 2. **Kernels.**  For every case: the numba kernel's output is compared with the NumPy
@@ -29,14 +30,14 @@ place before NumPy, numba and PyTorch start their thread pools):
    memory is the growth of the process's resident set (``VmHWM − VmRSS`` before the first
    step, after resetting the high-water mark through ``/proc/self/clear_refs``), which
    counts every allocator (NumPy, numba, OpenBLAS, PyTorch's) the same way.
-4. **Compilation.**  The first training step of the tiny preset in a process with an empty
-   numba cache (``NUMBA_CACHE_DIR`` set to a new directory): the time each kernel's first
-   call takes beyond its second is its compilation time.  Then the same in a second
-   process, which loads the cache instead.
+4. **Compilation.**  The first training step of ``tiramisu_tiny`` at 32×32, batch 2, in a
+   process with an empty numba cache (``NUMBA_CACHE_DIR`` set to a new directory): the
+   time each kernel's first call takes beyond its second is its compilation time.  Then
+   the same in a second process, which loads the cache instead.
 
-Results go to ``<out>/<name>.json`` (everything, including every case) and
-``<out>/<name>.md`` (the tables).  PyTorch is optional: without it the PyTorch columns say
-n/a.
+Results go to ``<out>/<name>.json`` (everything, including every case), ``<out>/<name>.md``
+(the tables) and ``<out>/<name>-summary.md`` (the short version).  PyTorch is optional:
+without it the PyTorch columns say n/a.
 """
 from __future__ import annotations
 

@@ -155,6 +155,30 @@ def test_command_outputs(setup, tmp_path, capsys):
     assert "person IoU" in text and "per-image IoU" in text and "flip" in text
 
 
+@pytest.mark.parametrize("marker", ["config.json", "ensemble.json", None])
+def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monkeypatch,
+                                                           capsys, marker):
+    """Without --out: RUN/eval-<split> for a single run (config.json) or an ensemble run
+    (ensemble.json), ./eval-<split> for a checkpoint anywhere else."""
+    import shutil
+    root, cache, ckpt = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(ckpt, run / "best.npz")
+    if marker:
+        (run / marker).write_text("{}")
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
+        "--split", "val", "--worst", "0", "--filter", "default", "--json"]) == 0
+    capsys.readouterr()
+    expected = (run if marker else here) / "eval-val" / "results.json"
+    assert expected.is_file()
+    assert not ((here if marker else run) / "eval-val").exists()
+
+
 def test_command_errors(setup, tmp_path, capsys, monkeypatch):
     root, cache, ckpt = setup
     assert run_main(main, "tinyseg.evaluate", ["--checkpoint", str(tmp_path / "no.npz")]) == 1

@@ -1,10 +1,11 @@
-"""What the three commands (``train``, ``evaluate``, ``cutout``) share: exit codes and threads.
+"""What the commands (``train``, ``evaluate``, ``cutout``, ``ensemble``) share: exit codes, threads.
 
 The commands follow one convention (README, "Commands"):
 
 * exit code 0 on success;
 * exit code 1 on a *user* error (a missing file, a bad checkpoint, no data): one line on
-  standard error, ``tinyseg.<command>: error: <message>``, and no traceback;
+  standard error, ``tinyseg.<command>: error: <message>``, and no traceback (a failed
+  ensemble member adds the last lines of its output);
 * exit code 2 on bad flags (argparse's own behaviour).
 
 A command's ``main(argv)`` raises :class:`UserError` for the second case and

@@ -15,7 +15,8 @@ very sure cannot outvote the others by the size of its logits alone.
 
 The file: one ``.npz`` holding every member's weight file under a prefix ``member<k>/``
 (``member0/__format__``, ``member0/__config__``, ``member0/<parameter name>``, …), the
-members' shared ``__meta__`` (training size, mean, std) and ``__ensemble__`` (JSON: the
+first member's ``__meta__`` (training size, mean and std, which every member must share,
+and member 0's own training config, epoch and validation IoU) and ``__ensemble__`` (JSON: the
 number of members and where they came from).  ``tinyseg.checkpoint.load_model`` opens it
 like any other checkpoint.
 

@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="images in the worst-cases picture (0: no picture)")
     a("--out", metavar="DIR", default=None,
       help="where results.json and the pictures go (default: <run dir>/eval-<split> for a "
-           "checkpoint inside a run directory, else ./eval-<split>)")
+           "checkpoint inside a run directory, one with a config.json or an ensemble.json; "
+           "else ./eval-<split>)")
     a("--limit", type=int, metavar="N", default=None,
       help="score only the first N images of each split (default: all)")
     a("--batch-size", type=int, metavar="N", default=16, help="images per forward pass")
@@ -273,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"--size must be positive, got {size}")
     if args.out:
         out = Path(args.out)
-    elif (ckpt.parent / "config.json").is_file():
+    elif any((ckpt.parent / name).is_file() for name in ("config.json", "ensemble.json")):
         out = ckpt.parent / f"eval-{args.split}"
     else:
         out = Path(f"eval-{args.split}")

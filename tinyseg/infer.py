@@ -23,7 +23,8 @@ convention): output pixel ``i`` of ``n_out`` sits at source coordinate
 
     u = (i + ½) · n_in / n_out − ½,   clamped to [0, n_in − 1],
 
-and takes ``(1 − t)·a[⌊u⌋] + t·a[⌊u⌋ + 1]`` with ``t = u − ⌊u⌋``; rows first, then columns.
+and takes ``(1 − t)·a[⌊u⌋] + t·a[⌊u⌋ + 1]`` with ``t = u − ⌊u⌋``; along the width first
+(``(h, w) → (h, W)``, on the small map), then along the height.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@
 ``progress``       progress lines on stderr
 =================  ==========================================================================
 
-Typical use (what training does)::
+Typical use (a plain epoch loop; ``tinyseg.train`` draws its batches with ``stream_indices``
+and ``make_batch`` instead, so that a resumed run repeats them)::
 
     from tinyseg.data import resolve_data_root, load_split, batches
     root = resolve_data_root(args.data)          # --data, else $TINYSEG_DATA

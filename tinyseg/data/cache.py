@@ -302,7 +302,8 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
                                    "meta": np.array(json.dumps(meta))})
         except OSError as e:
             raise DataError(f"{path.parent}: cannot write the cache ({e.strerror or e}); "
-                            f"choose another folder with --cache-dir or ${ENV_CACHE}") from None
+                            f"choose another folder with --cache (train, evaluate), "
+                            f"--cache-dir (tinyseg.data) or ${ENV_CACHE}") from None
         paths[split] = path
         del images, masks
     warn_skipped(all_skipped)

@@ -451,7 +451,8 @@ def find_image_dir(root: Path, annotation_file: Path, file_names: Sequence[str])
     example = names[0] if names else "?"
     shown = ", ".join(str(c) for c in candidates)
     raise DataError(f"image folder not found for {annotation_file}: none of {shown} holds "
-                    f"its images (e.g. {example}); pass --images DIR if they are elsewhere")
+                    f"its images (e.g. {example}); put them there (with python -m "
+                    f"tinyseg.data, --images DIR names another folder)")
 
 
 class CocoData:

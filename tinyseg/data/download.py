@@ -8,9 +8,10 @@
 3. applies the filters (``tinyseg.data.coco.filter_images``) and fetches each kept image
    from its ``coco_url`` to ``ROOT/<set>/<file_name>``, the layout ``load_coco`` expects.
 
-Every file is written as ``<name>.part`` and renamed to its final name only once complete
-and verified (length equal to the server's ``Content-Length``; images decode with Pillow;
-the archive passes the zip test), so a final name never holds half a file.  A second run
+Every downloaded file is written as ``<name>.part`` and renamed to its final name only once
+complete and verified (length equal to the server's ``Content-Length``; images decode with
+Pillow; the archive passes the zip test); the extracted annotation files go through a
+temporary file and a rename.  So a final name never holds half a file.  A second run
 resumes: finished files are kept, ``.part`` files continue with an HTTP ``Range`` request
 (and start over if the server ignores it).  Base URLs can be replaced (``--annotations-url``,
 ``--images-url`` or the environment variables below), which is how the tests serve a small

@@ -22,9 +22,9 @@ A convolution can be computed two ways, and both are used:
 
 ``conv2d`` with stride 1 takes the route with the smaller temporary: gather when C ≤ O,
 scatter when C > O (the Tiramisu's dense layers go from up to a few hundred channels down to
-the growth rate, 8-16 in the presets: 10-15x less memory traffic).  Strided convolutions gather; transposed
-convolutions scatter forward and gather backward; a 1×1 stride-1 convolution is one matrix
-product.  Work goes image by image (and in blocks of rows on very large images, see
+the growth rate, 8-16 in the presets: 10-15x less memory traffic).  Strided convolutions
+gather; transposed convolutions scatter forward and gather backward; a 1×1 stride-1
+convolution is one matrix product.  Work goes image by image (and in blocks of rows on very large images, see
 ``CHUNK_BYTES``), so temporaries stay bounded and are reused.
 
 **Threads.**  Images are independent, so a batch is split into one contiguous block of
@@ -39,7 +39,9 @@ the parallelism is one level up, where each task is a whole image (large, equal,
 synchronisation inside).  A batch of one image runs on one core.
 
 Arguments and results are exactly those of the reference functions; the layers validate
-shapes and dtypes before calling (kernels never see bad input).  ``bias`` may be ``None``.
+shapes and dtypes before calling, and each public function checks them again (``_check``,
+no pass over the data), so that a direct call with arrays that do not fit raises a
+``ValueError`` instead of crashing inside numba.  ``bias`` may be ``None``.
 Inputs that are not C-contiguous (views) are copied once.
 """
 from __future__ import annotations
@@ -50,6 +52,8 @@ from typing import Optional
 import numba
 import numpy as np
 from numba import njit
+
+from ._args import array, at_least, fail, same_dtype
 
 __all__ = ["conv2d_forward", "conv2d_backward",
            "conv_transpose2d_forward", "conv_transpose2d_backward"]
@@ -161,6 +165,8 @@ def _in_parallel(images, N):
 
 def _sum_images(parts):
     """``parts[0] + parts[1] + …`` in image order: the same float sums for any thread count."""
+    if parts.shape[0] == 0:                 # a batch of no images: a zero gradient
+        return np.zeros(parts.shape[1:], dtype=parts.dtype)
     total = parts[0].copy()
     for n in range(1, parts.shape[0]):
         total += parts[n]
@@ -330,15 +336,42 @@ def _add_bias(y, bias):
 
 # -- public functions: same names, arguments and results as tinyseg.reference.conv -------------
 
+def _check(kernel, x, weight, bias, stride, padding, dout=None, output_padding=None):
+    """The arguments' shapes, dtypes and sizes (``tinyseg.kernels._args``); returns
+    ``(stride, padding, Ho, Wo)``.  ``output_padding`` is given for the transposed ones."""
+    transposed = output_padding is not None
+    array(kernel, "x", x, (None,) * 4)
+    C = x.shape[1]
+    array(kernel, "weight", weight, (C, None, None, None) if transposed else (None, C, None, None))
+    O = weight.shape[0 if not transposed else 1]
+    if bias is not None:
+        array(kernel, "bias", bias, (O,))
+    same_dtype(kernel, x=x, weight=weight, bias=bias, dout=dout)
+    s, P = at_least(kernel, "stride", stride, 1), at_least(kernel, "padding", padding, 0)
+    kh, kw = weight.shape[2], weight.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    if transposed:
+        op = at_least(kernel, "output_padding", output_padding, 0)
+        if op >= s:
+            fail(kernel, f"output_padding must be smaller than the stride, got {op} and {s}")
+        ho, wo = (H - 1) * s - 2 * P + kh + op, (W - 1) * s - 2 * P + kw + op
+    else:
+        ho, wo = (H + 2 * P - kh) // s + 1, (W + 2 * P - kw) // s + 1
+    if min(H, W, ho, wo, kh, kw) < 1:
+        fail(kernel, f"no output for x {x.shape}, weight {weight.shape}, stride {s}, padding "
+                     f"{P}: output size {ho}x{wo}")
+    if dout is not None:
+        array(kernel, "dout", dout, (x.shape[0], O, ho, wo))
+    return s, P, ho, wo
+
+
 def conv2d_forward(x, weight, bias, stride, padding):
     """Conv2d forward, (N, C, H, W) -> (N, O, Ho, Wo).  See ``tinyseg.reference.conv``."""
+    s, P, ho, wo = _check("conv2d_forward", x, weight, bias, stride, padding)
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     N, C, H, W = x.shape
     O, _, kh, kw = weight.shape
-    s, P = int(stride), int(padding)
-    ho = (H + 2 * P - kh) // s + 1
-    wo = (W + 2 * P - kw) // s + 1
     if kh == 1 and kw == 1 and s == 1 and P == 0:
         y = _pointwise_forward(x, weight)
     elif s == 1 and C > O:
@@ -350,12 +383,12 @@ def conv2d_forward(x, weight, bias, stride, padding):
 
 def conv2d_backward(dout, x, weight, stride, padding):
     """Conv2d backward: ``(dx, dweight, dbias)``.  See ``tinyseg.reference.conv``."""
+    s, P, _, _ = _check("conv2d_backward", x, weight, None, stride, padding, dout)
     dout = np.ascontiguousarray(dout)
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     N, C, H, W = x.shape
     O, _, kh, kw = weight.shape
-    s, P = int(stride), int(padding)
     db = dout.sum(axis=(0, 2, 3))
     if kh == 1 and kw == 1 and s == 1 and P == 0:
         dx, dw = _pointwise_backward(dout, x, weight)
@@ -369,21 +402,19 @@ def conv2d_backward(dout, x, weight, stride, padding):
 
 def conv_transpose2d_forward(x, weight, bias, stride, padding, output_padding):
     """ConvTranspose2d forward, weight (in, out, kh, kw).  See ``tinyseg.reference.conv``."""
+    s, P, ho, wo = _check("conv_transpose2d_forward", x, weight, bias, stride, padding,
+                          output_padding=output_padding)
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    H, W = x.shape[2], x.shape[3]
-    kh, kw = weight.shape[2], weight.shape[3]
-    s, P, op = int(stride), int(padding), int(output_padding)
-    ho = (H - 1) * s - 2 * P + kh + op
-    wo = (W - 1) * s - 2 * P + kw + op
     return _add_bias(_scatter_forward(x, weight, s, P, P, ho, wo), bias)
 
 
 def conv_transpose2d_backward(dout, x, weight, stride, padding, output_padding):
     """ConvTranspose2d backward: ``(dx, dweight, dbias)``.  See ``tinyseg.reference.conv``."""
+    s, P, _, _ = _check("conv_transpose2d_backward", x, weight, None, stride, padding, dout,
+                        output_padding)
     dout = np.ascontiguousarray(dout)
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    s, P = int(stride), int(padding)
     dx, dw = _scatter_backward(dout, x, weight, s, P, P)
     return dx, dw, dout.sum(axis=(0, 2, 3))

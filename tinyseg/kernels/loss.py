@@ -4,14 +4,36 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._args import array, fail
 
-@njit(cache=True, parallel=True)
+
 def softmax_cross_entropy(logits, target, weight, ignore_index):
     """Mean weighted cross-entropy of (N, K, H, W) logits and its gradient, in one sweep.
 
-    See ``tinyseg.reference.loss.softmax_cross_entropy``.  Parallel over the N·H image rows;
-    inside a row the loops run over classes then columns so memory is read contiguously.
+    See ``tinyseg.reference.loss.softmax_cross_entropy`` (the arguments' contract); checked
+    here (``tinyseg.kernels._args``), since the kernel indexes ``weight`` and the logits
+    with the labels.
     """
+    kernel = "softmax_cross_entropy"
+    array(kernel, "logits", logits, (None,) * 4)
+    N, K, H, W = logits.shape
+    array(kernel, "target", target, (N, H, W), dtype=np.int64)
+    array(kernel, "weight", weight, (K,), dtype=np.float64)
+    ignore = int(ignore_index)
+    if ignore != ignore_index or not -2**63 <= ignore < 2**63:
+        fail(kernel, f"ignore_index must be a 64-bit integer, got {ignore_index!r}")
+    if target.size and not (0 <= target.min() and target.max() < K):
+        bad = ((target < 0) | (target >= K)) & (target != ignore)
+        if bad.any():
+            fail(kernel, f"target values must be in [0, {K}) or equal ignore_index="
+                         f"{ignore}; found {target[bad].flat[0]}")
+    return _softmax_cross_entropy(logits, target, weight, ignore)
+
+
+@njit(cache=True, parallel=True)
+def _softmax_cross_entropy(logits, target, weight, ignore_index):
+    """The kernel: parallel over the N·H image rows; inside a row the loops run over classes
+    then columns so memory is read contiguously."""
     N, K, H, W = logits.shape
     rows = N * H
 

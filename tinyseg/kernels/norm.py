@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from ._args import array, fail, same_dtype
 from .conv import _in_parallel
 
 __all__ = ["batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
@@ -112,8 +113,22 @@ def _batchnorm2d_stats(x, c0, c1, eps, mean, invstd):
         invstd[c] = 1.0 / np.sqrt(ss / m + eps)
 
 
+def _check(kernel, x, dout=None, empty_ok=False, **per_channel):
+    """``x`` (N, C, H, W) with N·H·W ≥ 1 (unless ``empty_ok``), ``dout`` of x's shape, each
+    per-channel array (C,), all of one float dtype (``tinyseg.kernels._args``)."""
+    array(kernel, "x", x, (None,) * 4)
+    if x.shape[0] * x.shape[2] * x.shape[3] == 0 and not empty_ok:
+        fail(kernel, f"no values to normalise in x {x.shape}")
+    if dout is not None:
+        array(kernel, "dout", dout, x.shape)
+    for name, a in per_channel.items():
+        array(kernel, name, a, (x.shape[1],))
+    same_dtype(kernel, x=x, dout=dout, **per_channel)
+
+
 def batchnorm2d_stats(x, eps):
     """``(mean, invstd)`` of each channel: μ = Σx/M, invstd = (Σ(x − μ)²/M + ε)^−½."""
+    _check("batchnorm2d_stats", x)
     xc, C = _channels_of(x)
     mean = np.empty(C, dtype=x.dtype)
     invstd = np.empty(C, dtype=x.dtype)
@@ -140,6 +155,7 @@ def _batchnorm2d_normalise(x, c_, mean, invstd, weight, bias):
 
 def batchnorm2d_forward(x, weight, bias, eps):
     """Training-mode batch norm: ``(y, mean, invstd)``, y = γ · (x − μ) · invstd + β."""
+    _check("batchnorm2d_forward", x, weight=weight, bias=bias)
     xc, C = _channels_of(x)
     mean, invstd = batchnorm2d_stats(xc[:, :C], eps)
     return _batchnorm2d_normalise(xc, C, mean, invstd, weight, bias), mean, invstd
@@ -173,6 +189,7 @@ def _batchnorm2d_backward(dout, x, c0, c1, mean, invstd, weight, dx, dweight, db
 
 def batchnorm2d_backward(dout, x, mean, invstd, weight):
     """Training-mode batch-norm backward: ``(dx, dweight, dbias)``."""
+    _check("batchnorm2d_backward", x, dout, mean=mean, invstd=invstd, weight=weight)
     xc, C = _channels_of(x)
     dc, _ = _channels_of(dout)
     dx, dweight, dbias = _backward_outputs(x, C)
@@ -202,6 +219,8 @@ def _batchnorm_relu_forward(x, c_, mean, invstd, weight, bias):
 
 def batchnorm_relu_forward(x, mean, invstd, weight, bias):
     """Fused ``y = max(γ · (x − μ) · invstd + β, 0)`` with given statistics."""
+    _check("batchnorm_relu_forward", x, empty_ok=True, mean=mean, invstd=invstd,
+           weight=weight, bias=bias)
     xc, C = _channels_of(x)
     return _batchnorm_relu_forward(xc, C, mean, invstd, weight, bias)
 
@@ -237,6 +256,8 @@ def _batchnorm_relu_backward(dout, x, c0, c1, mean, invstd, weight, bias, dx, dw
 
 def batchnorm_relu_backward(dout, x, mean, invstd, weight, bias):
     """Fused BN + ReLU backward (training mode), ReLU mask recomputed from ``x``."""
+    _check("batchnorm_relu_backward", x, dout, mean=mean, invstd=invstd, weight=weight,
+           bias=bias)
     xc, C = _channels_of(x)
     dc, _ = _channels_of(dout)
     dx, dweight, dbias = _backward_outputs(x, C)

@@ -523,6 +523,26 @@ def test_load_refuses_wrong_arrays_naming_the_first(tmp_path):
         model.load(tmp_path / "f.npz")
     with pytest.raises(FileNotFoundError):
         model.load(tmp_path / "missing.npz")
+
+    last = list(before)[-1]
+
+    def late_text(d):      # the first array is fine and different, the last one is text
+        d["firstconv.weight"] = d["firstconv.weight"] + 1
+        d[last] = np.full(d[last].shape, "x")
+
+    with pytest.raises(ValueError, match=f"g.npz: '{last}' holds <U1"):
+        model.load(_rewrite(path, tmp_path / "g.npz", late_text))
+    with pytest.raises(ValueError, match="'firstconv.weight' holds complex64"):
+        model.load(_rewrite(path, tmp_path / "h.npz", lambda d: d.update(
+            {"firstconv.weight": d["firstconv.weight"].astype(np.complex64)})))
+    for bad, says in ((np.array("not json"), "damaged __config__"),
+                      (np.array("[1, 2]"), "not a JSON object")):
+        with pytest.raises(ValueError, match=says):
+            model.load(_rewrite(path, tmp_path / "i.npz",
+                                lambda d: d.update({"__config__": bad})))
+    with pytest.raises(ValueError, match="damaged __format__"):
+        model.load(_rewrite(path, tmp_path / "j.npz",
+                            lambda d: d.update({"__format__": np.array("abc")})))
     for name, v in model.state_dict().items():  # nothing was changed by the failed loads
         np.testing.assert_array_equal(v, before[name])
 

@@ -797,11 +797,19 @@ class Tiramisu(Layer):
         if "__format__" not in data or "__config__" not in data:
             raise ValueError(f"Tiramisu: {path} is not a tinyseg Tiramisu weight file "
                              f"(no __format__ / __config__ entries)")
-        version = int(data.pop("__format__"))
-        if version != FORMAT_VERSION:
-            raise ValueError(f"Tiramisu: {path} has weight-file format version {version}; this "
-                             f"tinyseg reads version {FORMAT_VERSION}")
-        config = json.loads(str(data.pop("__config__")))
+        version, config = data.pop("__format__"), data.pop("__config__")
+        if version.shape != () or version.dtype.kind not in "iu":
+            raise ValueError(f"Tiramisu: {path} has a damaged __format__ entry ({version!r})")
+        if int(version) != FORMAT_VERSION:
+            raise ValueError(f"Tiramisu: {path} has weight-file format version {int(version)}; "
+                             f"this tinyseg reads version {FORMAT_VERSION}")
+        try:
+            config = json.loads(str(config))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Tiramisu: {path} has a damaged __config__ entry ({e})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"Tiramisu: {path} has a damaged __config__ entry (not a JSON "
+                             f"object)")
         return config, data
 
     def load(self, path) -> "Tiramisu":
@@ -833,7 +841,10 @@ class Tiramisu(Layer):
         if extra:
             raise ValueError(f"Tiramisu.load: {path} has an unexpected '{extra[0]}'"
                              + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)         # checks every array before it copies one
+        except ValueError as e:
+            raise ValueError(f"Tiramisu.load: {path}: {str(e).split(': ', 1)[-1]}") from None
         return self
 
     @classmethod

@@ -98,30 +98,33 @@ class Layer:
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays into this layer's parameters and buffers, in place.
 
-        Raises ``ValueError`` naming the first parameter that is missing or whose shape
-        differs.  Values are cast to the parameter's dtype.
+        Raises ``ValueError`` naming the first parameter that is missing, has another shape
+        or holds no real numbers (complex, text, objects); nothing is changed unless every
+        array passes.  Values are cast to the parameter's dtype.
         """
+        me = f"{type(self).__name__}.load_state_dict"
         own = {name: p for name, p, _ in self.named_parameters()}
         own.update(dict(self.named_buffers()))
+        staged = []
         for name, target in own.items():
             if name not in state:
                 if strict:
-                    raise ValueError(f"{type(self).__name__}.load_state_dict: missing '{name}'")
+                    raise ValueError(f"{me}: missing '{name}'")
                 continue
             value = np.asarray(state[name])
             if value.shape != target.shape:
-                raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: '{name}' has shape "
-                    f"{value.shape}, expected {target.shape}"
-                )
-            target[...] = value
+                raise ValueError(f"{me}: '{name}' has shape {value.shape}, expected "
+                                 f"{target.shape}")
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"{me}: '{name}' holds {value.dtype} values, not real numbers")
+            staged.append((target, value))
         if strict:
             extra = sorted(set(state) - set(own))
             if extra:
-                raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: unexpected '{extra[0]}'"
-                    + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
-                )
+                raise ValueError(f"{me}: unexpected '{extra[0]}'"
+                                 + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        for target, value in staged:
+            target[...] = value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -194,3 +194,23 @@ def test_no_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main([])
     assert e.value.code == 2
+
+
+def test_prediction_helpers_name_bad_arguments():
+    """Each of these returned garbage or failed deep inside with a bare error."""
+    from tinyseg.infer import predict_probabilities, softmax_person
+    model = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(0))
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            predict_probabilities(model, x, batch_size=bad)
+    for logits in (np.zeros((2, 4, 4)), np.zeros((1, 1, 4, 4))):
+        with pytest.raises(ValueError, match="softmax_person: expected .* K >= 2"):
+            softmax_person(logits)
+    with pytest.raises(ValueError, match="rows_per_chunk must be positive"):
+        resize_bilinear(np.zeros((3, 3)), 6, 6, rows_per_chunk=-1)
+    predictor = Predictor(model=model, size=16, mean=np.zeros(3, np.float32),
+                          std=np.ones(3, np.float32))
+    for rgb in ([[1]], np.zeros((0, 5, 3), np.uint8)):
+        with pytest.raises(ValueError, match="photo_probability: expected a uint8"):
+            photo_probability(predictor, rgb)

@@ -128,3 +128,14 @@ def test_unletterbox_inverts_letterbox_for_masks(rng):
 def test_letterbox_rejects_wrong_dtype():
     with pytest.raises(ValueError, match="letterbox"):
         letterbox(np.zeros((4, 4, 3), np.float32), 8)
+
+
+@pytest.mark.parametrize("shape, size, says", [
+    ((0, 0, 3), 8, r"H, W >= 1, got uint8 \(0, 0, 3\)"),   # was a ZeroDivisionError
+    ((0, 5, 3), 8, r"\(0, 5, 3\)"),                         # was a made-up black row
+    ((4, 5, 4), 8, r"\(4, 5, 4\)"),                         # was a broadcasting error
+    ((4, 5, 3), 0, "size must be a positive integer, got 0"),
+])
+def test_letterbox_names_an_empty_or_odd_picture(shape, size, says):
+    with pytest.raises(ValueError, match="letterbox: .*" + says):
+        letterbox(np.zeros(shape, np.uint8), size)

@@ -29,6 +29,9 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
     """``max|a − n| / max(max|a|, max|n|)``; 0.0 when both are exactly zero."""
     a = np.asarray(analytic, dtype=np.float64)
     n = np.asarray(numeric, dtype=np.float64)
+    if a.shape != n.shape:
+        raise ValueError(f"relative_error: the two gradients have different shapes, {a.shape} "
+                         f"and {n.shape}")
     scale = max(np.max(np.abs(a), initial=0.0), np.max(np.abs(n), initial=0.0))
     if scale == 0.0:
         return 0.0
@@ -42,6 +45,8 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6,
     ``x`` is perturbed in place and restored.  ``indices`` (flat indices) limits the
     entries computed; the others are left at 0.
     """
+    if not eps > 0:
+        raise ValueError(f"numerical_gradient: eps must be positive, got {eps!r}")
     grad = np.zeros_like(x, dtype=np.float64)
     flat_x = x.reshape(-1)  # a view: x must be contiguous
     if not np.shares_memory(flat_x, x):
@@ -69,6 +74,11 @@ def gradcheck(layer: Layer, x: np.ndarray, dout: Optional[np.ndarray] = None,
     big layers cheap.  The layer must be deterministic from call to call (dropout off or
     with a fixed mask).
     """
+    if max_entries is not None and (int(max_entries) != max_entries or max_entries < 1):
+        raise ValueError(f"gradcheck: max_entries must be a positive integer or None (every "
+                         f"entry), got {max_entries!r}")
+    if not eps > 0:
+        raise ValueError(f"gradcheck: eps must be positive, got {eps!r}")
     rng = rng if rng is not None else np.random.default_rng(0)
     x = np.ascontiguousarray(x)
     y = layer.forward(x)

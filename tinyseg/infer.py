@@ -50,6 +50,9 @@ def softmax_person(logits: np.ndarray) -> np.ndarray:
     Computed as a softmax over the class axis with the maximum subtracted first, so large
     logits never overflow.
     """
+    if not isinstance(logits, np.ndarray) or logits.ndim != 4 or logits.shape[1] < 2:
+        raise ValueError(f"softmax_person: expected (N, K, H, W) logits with K >= 2 classes "
+                         f"(class 1 = person), got {getattr(logits, 'shape', type(logits))}")
     z = logits.astype(np.float64, copy=False)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -63,6 +66,9 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 16,
     The model is put in eval mode (batch-norm running statistics, no dropout) and left in
     the mode it was in before.  ``flip=True`` averages with the mirrored image's prediction.
     """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"predict_probabilities: batch_size must be a positive integer, "
+                         f"got {batch_size!r}")
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -106,6 +112,8 @@ def resize_bilinear(a: np.ndarray, height: int, width: int, rows_per_chunk: int 
         raise ValueError(f"resize_bilinear: expected a non-empty 2-D array, got shape {a.shape}")
     if height < 1 or width < 1:
         raise ValueError(f"resize_bilinear: output size must be positive, got {height}x{width}")
+    if rows_per_chunk < 1:
+        raise ValueError(f"resize_bilinear: rows_per_chunk must be positive, got {rows_per_chunk}")
     y0, y1, ty = _source_index(a.shape[0], height)
     x0, x1, tx = _source_index(a.shape[1], width)
     # columns first on the small map: (h, width)
@@ -156,9 +164,11 @@ class Predictor:
 
 def photo_probability(predictor: Predictor, rgb: np.ndarray, flip: bool = False) -> np.ndarray:
     """Letterbox the photo to the model size, predict, crop the padding, resize bilinearly."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"photo_probability: expected uint8 (H, W, 3), got {rgb.dtype} "
-                         f"{rgb.shape}")
+    if (not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3
+            or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1):
+        raise ValueError(f"photo_probability: expected a uint8 (H, W, 3) array with H, W >= 1, "
+                         f"got {getattr(rgb, 'dtype', type(rgb).__name__)} "
+                         f"{getattr(rgb, 'shape', '')}")
     H, W = rgb.shape[:2]
     square, box = letterbox(rgb, predictor.size)
     assert box == letterbox_box(H, W, predictor.size)

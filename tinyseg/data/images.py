@@ -115,9 +115,12 @@ def letterbox(array: np.ndarray, size: int, *, nearest: bool = False,
     ``nearest=True`` for masks (labels are never blended).  ``fill`` defaults to
     ``PAD_RGB`` for images and 0 for masks.  Returns ``(square, box)``.
     """
-    if array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise ValueError(f"letterbox: expected uint8 (H, W) or (H, W, 3), got {array.dtype} "
-                         f"{array.shape}")
+    if (array.dtype != np.uint8 or array.ndim not in (2, 3) or min(array.shape[:2]) < 1
+            or (array.ndim == 3 and array.shape[2] != 3)):
+        raise ValueError(f"letterbox: expected uint8 (H, W) or (H, W, 3) with H, W >= 1, got "
+                         f"{array.dtype} {array.shape}")
+    if int(size) != size or size < 1:
+        raise ValueError(f"letterbox: size must be a positive integer, got {size!r}")
     if fill is None:
         fill = PAD_RGB if array.ndim == 3 else 0
     top, left, h, w = box = letterbox_box(array.shape[0], array.shape[1], size)

@@ -626,3 +626,13 @@ def test_summary_measure_leaves_the_model_alone():
     for name, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[name])
     assert model.down_blocks[0].layers[0].drop.rng.bit_generator.state == rng_state
+
+
+def test_a_numpy_dropout_is_taken_and_an_empty_summary_refused():
+    from tinyseg.tiramisu import tiramisu_tiny
+    model = tiramisu_tiny(dropout=np.float32(0.25))       # was refused as "not in [0, 1)"
+    assert model.config["dropout"] == 0.25 and isinstance(model.config["dropout"], float)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        tiramisu_tiny(dropout=True)
+    with pytest.raises(ValueError, match="height, width and batch must be at least 1"):
+        model.summary(0, 0)                                 # was a ZeroDivisionError

@@ -613,7 +613,8 @@ class Tiramisu(Layer):
                         ("pools", pools)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"Tiramisu: {name} must be a positive integer, got {v!r}")
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        if (isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating))
+                or not 0.0 <= dropout < 1.0):
             raise ValueError(f"Tiramisu: dropout must be in [0, 1), got {dropout!r}")
         if eval_bn not in EVAL_BN_MODES:
             raise ValueError(f"Tiramisu: eval_bn must be one of {EVAL_BN_MODES}, got {eval_bn!r}")
@@ -860,6 +861,9 @@ class Tiramisu(Layer):
         ``kept_efficient`` and ``kept_naive`` (bytes of activations the stage keeps for the
         backward pass in training mode with either dense-block implementation, see
         :func:`_kept_bytes`)."""
+        if min(height, width, batch) < 1:
+            raise ValueError(f"Tiramisu.stages: height, width and batch must be at least 1, "
+                             f"got {height}, {width}, {batch}")
         return _stages(self, height, width, batch)
 
     def summary(self, height: int = 224, width: int = 224, batch: int = 1,

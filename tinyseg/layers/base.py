@@ -10,7 +10,9 @@ A layer owns three dicts of NumPy arrays:
 ``backward`` needs.  ``backward(dout)`` *adds* the parameter gradients into ``grads``
 (so the gradients of several forward/backward pairs add up until ``zero_grad``, as in
 PyTorch) and returns the input gradient.  A layer keeps only its last forward's input, so
-one layer must not appear twice in one forward pass.
+one layer must not appear twice in one forward pass; and ``backward`` is meant once per
+``forward``: most layers would add the same gradients again on a second call (PyTorch
+raises there).
 
 Layers that are built from other layers (a dense block, the whole Tiramisu) keep their
 children as ordinary attributes, or in lists of layers; ``named_layers`` finds them, and

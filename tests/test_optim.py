@@ -159,7 +159,23 @@ def test_load_state_dict_errors_leave_state_unchanged():
     bad_lr = dict(good, lr=5.0, **{"square_avg.bias": np.zeros(7)})
     with pytest.raises(ValueError):
         opt.load_state_dict(bad_lr)
+    # values no run can have written: each accepted before, and made NaN weights or a bare
+    # error after part of the state had changed
+    shape = good["square_avg.bias"].shape
+    for change, says in (({"square_avg.bias": -np.ones(shape)}, "finite numbers >= 0"),
+                         ({"square_avg.bias": np.full(shape, np.nan)}, "finite numbers >= 0"),
+                         ({"lr": 5.0, "steps": "abc"}, "'steps' is not a number"),
+                         ({"lr": np.ones(2)}, "'lr' is not a number"),
+                         ({"lr": 5.0, "steps": -1}, "'steps' must be >= 0")):
+        with pytest.raises(ValueError, match=says):
+            opt.load_state_dict(dict(good, **change))
     assert opt.lr == 1e-3                        # nothing applied by a failed load
+    sched = ExponentialLR(opt, 0.9)
+    for state, says in (({"gamma": -3, "base_lr": 0.1, "last_epoch": 0}, "gamma > 0"),
+                        ({"gamma": "x", "base_lr": 0.1, "last_epoch": 0}, "must be numbers")):
+        with pytest.raises(ValueError, match=says):
+            sched.load_state_dict(state)
+    assert sched.gamma == 0.9
 
 
 def test_zero_grad_and_generator_and_shared_memory():

@@ -40,6 +40,12 @@ ParamTriple = Tuple[str, np.ndarray, np.ndarray]
 _HYPER = ("lr", "alpha", "eps", "weight_decay")
 
 
+def _is_number(value) -> bool:
+    """A real number, or a 0-d array of one (what ``np.load`` gives back)."""
+    a = np.asarray(value)
+    return a.shape == () and a.dtype.kind in "biuf"
+
+
 def _check_hyper(owner: str, lr, alpha, eps, weight_decay) -> Tuple[float, float, float, float]:
     vals = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay}
     for k, v in vals.items():
@@ -145,8 +151,16 @@ class RMSprop:
         for k in _HYPER + ("steps",):
             if k not in state:
                 raise ValueError(f"RMSprop.load_state_dict: missing '{k}'")
-        hyper = _check_hyper("RMSprop.load_state_dict", *(float(np.asarray(state[k]))
-                                                          for k in _HYPER))
+        try:
+            hyper = [float(np.asarray(state[k])) for k in _HYPER]
+            steps = int(np.asarray(state["steps"]))
+        except (TypeError, ValueError):
+            bad = next(k for k in _HYPER + ("steps",) if not _is_number(state[k]))
+            raise ValueError(f"RMSprop.load_state_dict: '{bad}' is not a number: "
+                             f"{state[bad]!r}") from None
+        hyper = _check_hyper("RMSprop.load_state_dict", *hyper)
+        if steps < 0:
+            raise ValueError(f"RMSprop.load_state_dict: 'steps' must be >= 0, got {steps}")
         prefix = "square_avg."
         given = {k[len(prefix):] for k in state if k.startswith(prefix)}
         new = {}
@@ -158,13 +172,16 @@ class RMSprop:
             if v.shape != p.shape:
                 raise ValueError(f"RMSprop.load_state_dict: square_avg '{name}' has shape "
                                  f"{v.shape}, expected {p.shape}")
+            if v.dtype.kind not in "biuf" or not (np.all(v >= 0) and np.all(np.isfinite(v))):
+                raise ValueError(f"RMSprop.load_state_dict: square_avg '{name}' must hold "
+                                 f"finite numbers >= 0 (a running average of squares)")
             new[name] = v
         extra = sorted(given - set(new))
         if extra:
             raise ValueError(f"RMSprop.load_state_dict: unexpected parameter '{extra[0]}'"
                              + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
         self.lr, self.alpha, self.eps, self.weight_decay = hyper
-        self.steps = int(np.asarray(state["steps"]))
+        self.steps = steps
         for name, v in new.items():
             self.square_avg[name][...] = v
 
@@ -207,9 +224,17 @@ class ExponentialLR:
         for k in ("gamma", "base_lr", "last_epoch"):
             if k not in state:
                 raise ValueError(f"ExponentialLR.load_state_dict: missing '{k}'")
-        self.gamma = float(np.asarray(state["gamma"]))
-        self.base_lr = float(np.asarray(state["base_lr"]))
-        self.last_epoch = int(np.asarray(state["last_epoch"]))
+        try:
+            gamma, base_lr = float(np.asarray(state["gamma"])), float(np.asarray(state["base_lr"]))
+            last_epoch = int(np.asarray(state["last_epoch"]))
+        except (TypeError, ValueError):
+            raise ValueError(f"ExponentialLR.load_state_dict: gamma, base_lr and last_epoch "
+                             f"must be numbers, got {state!r}") from None
+        if not (math.isfinite(gamma) and gamma > 0 and math.isfinite(base_lr) and base_lr > 0
+                and last_epoch >= 0):
+            raise ValueError(f"ExponentialLR.load_state_dict: needs gamma > 0, base_lr > 0 and "
+                             f"last_epoch >= 0, got {gamma}, {base_lr}, {last_epoch}")
+        self.gamma, self.base_lr, self.last_epoch = gamma, base_lr, last_epoch
 
     def __repr__(self) -> str:
         return f"ExponentialLR(gamma={self.gamma:g}, last_epoch={self.last_epoch})"

@@ -117,6 +117,10 @@ def test_bad_inputs():
         augment(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8), rng)
     with pytest.raises(ValueError, match="mask shape"):
         augment(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), np.uint8), rng)
+    mask = np.ones((4, 4), np.uint8)
+    for bad in (mask * 0.7, mask.astype(np.int64) + 255, mask > 0):
+        with pytest.raises(ValueError, match="expected a uint8 mask"):   # were cut to 8
+            augment(np.zeros((4, 4, 3), np.uint8), bad, rng)          # bits or kept bool
     with pytest.raises(TypeError, match="Generator"):
         augment(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), 3)
     with pytest.raises(ValueError, match="scale"):

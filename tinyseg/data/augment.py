@@ -101,6 +101,9 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     if mask.shape != image.shape[:2]:
         raise ValueError(f"augment: mask shape {mask.shape} differs from the image's "
                          f"{image.shape[:2]}")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"augment: expected a uint8 mask of labels, got {mask.dtype} (a float "
+                         f"or wider mask would be cut to 8 bits)")
     if not isinstance(rng, np.random.Generator):
         raise TypeError("augment: rng must be a numpy.random.Generator")
     h, w = mask.shape

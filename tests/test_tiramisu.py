@@ -636,3 +636,17 @@ def test_a_numpy_dropout_is_taken_and_an_empty_summary_refused():
         tiramisu_tiny(dropout=True)
     with pytest.raises(ValueError, match="height, width and batch must be at least 1"):
         model.summary(0, 0)                                 # was a ZeroDivisionError
+
+
+def test_too_small_for_batch_statistics_is_said_in_the_networks_words():
+    """One image of 8x8 through 3 poolings leaves 1 value per channel: batch norm cannot
+    normalise it with batch statistics.  The message was a DenseLayer's, about a (1, 88, 1, 1)
+    tensor the user never made."""
+    from tinyseg.tiramisu import tiramisu_tiny
+    model = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"Tiramisu: an input of shape \(1, 3, 8, 8\) leaves "
+                                         r"one value per channel after 3 poolings"):
+        model.forward(np.zeros((1, 3, 8, 8), np.float32))
+    assert model.forward(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 2, 8, 8)
+    model.eval()                                   # running statistics: any size works
+    assert model.forward(np.zeros((1, 3, 1, 1), np.float32)).shape == (1, 2, 1, 1)

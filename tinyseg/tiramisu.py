@@ -706,6 +706,12 @@ class Tiramisu(Layer):
             raise ValueError(f"Tiramisu: empty input of shape {x.shape}")
         step = 2 ** self.pools
         ph, pw = -h % step, -w % step
+        batch_stats = self.training or self.eval_bn == "batch"
+        if batch_stats and n * ((h + ph) // step) * ((w + pw) // step) < 2:
+            raise ValueError(f"Tiramisu: an input of shape {x.shape} leaves one value per "
+                             f"channel after {self.pools} poolings, and batch norm with batch "
+                             f"statistics needs at least 2: give a larger image or batch, or "
+                             f"use eval mode with running statistics")
         if ph or pw:  # pad bottom / right to a multiple of 2**pools, crop the logits back
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)))
         self._pad = (n, h, w, ph, pw)

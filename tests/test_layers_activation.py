@@ -177,3 +177,18 @@ def test_dropout_errors():
     drop.forward(np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"Dropout: expected dout of shape \(2, 2\)"):
         drop.backward(np.zeros(4))
+
+
+def test_backward_refuses_a_dout_that_is_no_float_array():
+    """An int dout came back as an int gradient from ReLU, a complex one lost its imaginary
+    part in batch norm and max-pool; Dropout failed inside NumPy."""
+    from tinyseg import BatchNorm2d, Dropout, MaxPool2d, ReLU
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    layers = [("ReLU", ReLU()), ("Dropout", Dropout(0.5, rng=np.random.default_rng(1))),
+              ("BatchNorm2d", BatchNorm2d(3)), ("MaxPool2d", MaxPool2d(2))]
+    for name, layer in layers:
+        y = layer.forward(x)
+        for dtype in (np.int64, np.complex64):
+            with pytest.raises(ValueError, match=f"{name}: expected a float dout, got"):
+                layer.backward(np.ones(y.shape, dtype))
+        assert layer.backward(np.ones(y.shape, np.float32)).shape == x.shape

@@ -23,6 +23,8 @@ def _check_dout(layer: str, dout, shape) -> None:
     if not isinstance(dout, np.ndarray) or dout.shape != shape:
         raise ValueError(f"{layer}: expected dout of shape {shape}, got shape "
                          f"{getattr(dout, 'shape', type(dout).__name__)}")
+    if dout.dtype.kind != "f":
+        raise ValueError(f"{layer}: expected a float dout, got {dout.dtype}")
 
 
 class ReLU(Layer):

@@ -119,6 +119,8 @@ class BatchNorm2d(Layer):
         if not isinstance(dout, np.ndarray) or dout.shape != x.shape:
             raise ValueError(f"BatchNorm2d: expected dout of shape {x.shape}, got shape "
                              f"{getattr(dout, 'shape', type(dout).__name__)}")
+        if dout.dtype.kind != "f":
+            raise ValueError(f"BatchNorm2d: expected a float dout, got {dout.dtype}")
         dout = np.ascontiguousarray(dout, dtype=x.dtype)
         w = self.params["weight"]
         if mode == "train":

@@ -51,6 +51,8 @@ class MaxPool2d(Layer):
         if not isinstance(dout, np.ndarray) or dout.shape != argmax.shape:
             raise ValueError(f"MaxPool2d: expected dout of shape {argmax.shape}, got shape "
                              f"{getattr(dout, 'shape', type(dout).__name__)}")
+        if dout.dtype.kind != "f":
+            raise ValueError(f"MaxPool2d: expected a float dout, got {dout.dtype}")
         dout = np.ascontiguousarray(dout, dtype=dtype)
         return maxpool2d_backward(dout, argmax, x_shape, self.kernel_size)
 

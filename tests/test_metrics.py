@@ -157,3 +157,15 @@ def test_cm_validation():
         IoUMeter(num_classes=0)
     with pytest.raises(ValueError, match="num_classes >= 2"):
         IoUMeter(num_classes=1).person_iou()
+
+
+def test_edge_arguments_are_answered_or_named():
+    """No images -> no per-image IoUs (was a reshape error); a list, or an ignore_index that
+    no integer label can equal, is named (the list failed on .max, 1.5 ignored nothing)."""
+    assert per_image_iou(np.zeros((0, 3, 4), int), np.zeros((0, 3, 4), int)).shape == (0,)
+    with pytest.raises(ValueError, match="per_image_iou: pred must be a numpy.ndarray"):
+        per_image_iou([[1]], [[1]])
+    with pytest.raises(ValueError, match="ignore_index must be an int or None, got 1.5"):
+        confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), ignore_index=1.5)
+    with pytest.raises(ValueError, match="IoUMeter: ignore_index must be an int or None"):
+        IoUMeter(2, ignore_index="x")

@@ -37,8 +37,15 @@ __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy", "p
 PERSON = 1
 
 
+def _check_ignore_index(fn: str, ignore_index) -> None:
+    if ignore_index is not None and (isinstance(ignore_index, bool)
+                                     or not isinstance(ignore_index, (int, np.integer))):
+        raise ValueError(f"{fn}: ignore_index must be an int or None, got {ignore_index!r}")
+
+
 def _check_labels(fn: str, pred: np.ndarray, target: np.ndarray, num_classes: int,
                   ignore_index: Optional[int] = None) -> None:
+    _check_ignore_index(fn, ignore_index)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 1:
         raise ValueError(f"{fn}: num_classes must be a positive int, got {num_classes!r}")
@@ -125,10 +132,13 @@ def per_image_iou(pred: np.ndarray, target: np.ndarray, cls: int = PERSON) -> np
     non-negative integer values; only ``== cls`` matters.
     """
     fn = "per_image_iou"
-    _check_labels(fn, pred, target, num_classes=max(int(pred.max(initial=0)),
-                                                     int(target.max(initial=0)), cls) + 1)
+    biggest = [int(a.max(initial=0)) if isinstance(a, np.ndarray) and a.dtype.kind in "biu"
+               else 0 for a in (pred, target)]
+    _check_labels(fn, pred, target, num_classes=max(*biggest, cls) + 1)
     if pred.ndim == 2:
         pred, target = pred[None], target[None]
+    if pred.shape[0] == 0:
+        return np.zeros(0)
     p = (pred == cls).reshape(pred.shape[0], -1)
     t = (target == cls).reshape(target.shape[0], -1)
     inter = np.sum(p & t, axis=1).astype(np.float64)
@@ -149,6 +159,7 @@ class IoUMeter:
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
                 or num_classes < 1:
             raise ValueError(f"IoUMeter: num_classes must be a positive int, got {num_classes!r}")
+        _check_ignore_index("IoUMeter", ignore_index)
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
         self.cm = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)

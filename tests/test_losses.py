@@ -146,6 +146,11 @@ def test_all_ignored_torch_gives_nan_we_give_zero(torch):
     (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"weight": [1.0, -1]}, "non-negative"),
     (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"ignore_index": 1.5}, "ignore_index"),
     ([[[[0.0]]]], np.zeros((1, 1, 1), int), {}, "ndarray"),
+    (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"ignore_index": 2**63}, "fit in 64 bits"),
+    (np.zeros((1, 2, 3, 4)), np.full((1, 3, 4), 2**64 - 1, np.uint64), {},
+     "found 18446744073709551615"),                      # was reported as -1
+    (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"weight": ["a", "b"]}, "real numbers"),
+    (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"weight": [1j, 1]}, "real numbers"),
 ])
 def test_validation(logits, target, kw, match):
     with pytest.raises(ValueError, match=match) as e:

@@ -66,7 +66,11 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray,
             raise ValueError(f"{_NAME}: ignore_index must be an int or None, "
                              f"got {ignore_index!r}")
         ignore = int(ignore_index)
+        if not -2**63 <= ignore < 2**63:
+            raise ValueError(f"{_NAME}: ignore_index must fit in 64 bits, got {ignore_index}")
 
+    if target.dtype == np.uint64 and target.size and target.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{_NAME}: target values must be in [0, {K}); found {target.max()}")
     t = target.astype(np.int64, copy=False)
     if t.size:
         bad = (t < 0) | (t >= K)
@@ -82,7 +86,13 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray,
     if weight is None:
         w = np.ones(K, dtype=np.float64)
     else:
-        w = np.asarray(weight, dtype=np.float64)
+        try:
+            w = np.asarray(weight)
+            if w.dtype.kind not in "biuf":
+                raise TypeError
+            w = w.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{_NAME}: weight must hold real numbers, got {weight!r}") from None
         if w.shape != (K,):
             raise ValueError(f"{_NAME}: weight must have shape ({K},) for logits of shape "
                              f"{logits.shape}, got {w.shape}")

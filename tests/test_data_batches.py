@@ -1,5 +1,5 @@
 """tinyseg.data.batches: normalisation and the seeded epoch iterator."""
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -99,17 +99,8 @@ def test_bad_arguments():
         batches(ds, 0, np.random.default_rng(0))
     with pytest.raises(TypeError, match="Generator"):
         batches(ds, 2, 42)
+    for masks in (ds.masks[:, :8], ds.masks[:5]):   # were an IndexError, or yielded as they were
+        odd = SimpleNamespace(images=ds.images, masks=masks, mean=ds.mean, std=ds.std)
+        with pytest.raises(ValueError, match="batches: expected a dataset with images"):
+            batches(odd, 2, np.random.default_rng(0), augment=False)
 
-
-def test_batch_cost_is_small():
-    """A batch of 8 at 128 x 128 with augmentation: measured 10-20 ms (median) on the
-    project machine, against about 4 s for one training step of tiramisu_tiny on such a
-    batch.  The bound is loose (the machine is shared): 100 ms."""
-    rng = np.random.default_rng(0)
-    ds = _dataset(n=32, s=128)
-    it = batches(ds, 8, rng, augment=True)
-    next(it)  # warm up
-    t0 = time.perf_counter()
-    n = sum(1 for _ in it)
-    per_batch = (time.perf_counter() - t0) / n
-    assert per_batch < 0.1

@@ -57,6 +57,12 @@ def batches(dataset, batch_size: int, rng: np.random.Generator, augment: bool = 
     if not isinstance(rng, np.random.Generator):
         raise TypeError("batches: rng must be a numpy.random.Generator "
                         "(np.random.default_rng(seed))")
+    images, masks = getattr(dataset, "images", None), getattr(dataset, "masks", None)
+    if not (isinstance(images, np.ndarray) and isinstance(masks, np.ndarray)
+            and images.ndim == 4 and images.shape[:3] == masks.shape):
+        raise ValueError(f"batches: expected a dataset with images (N, S, S, 3) and masks "
+                         f"(N, S, S) of the same N and S, got "
+                         f"{getattr(images, 'shape', None)} and {getattr(masks, 'shape', None)}")
     config = augment_config if augment_config is not None else AugmentConfig()
     return _epoch(dataset, int(batch_size), rng, augment, shuffle, drop_last, config)
 

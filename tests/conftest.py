@@ -13,14 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_root():
-    """The COCO person subset: $TINYSEG_DATA, else ../shared/data/coco_person next to the repo."""
+    """The COCO person subset: $TINYSEG_DATA, else ../shared/data/coco_person next to the repo;
+    ``None`` (the data tests skip) when neither exists.  A $TINYSEG_DATA that is set but holds
+    no ``annotations/`` fails the test instead: whoever set it (CI does) asked for the data
+    tests, and a skip would pass unnoticed."""
     env = os.environ.get("TINYSEG_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data" / "coco_person")
-    for c in candidates:
-        if (c / "annotations").is_dir():
-            return c
-    return None
+    if env:
+        if not (Path(env) / "annotations").is_dir():
+            pytest.fail(f"TINYSEG_DATA={env} has no annotations/ folder: point it at a "
+                        f"COCO-format directory, or unset it to skip the data tests")
+        return Path(env)
+    default = REPO.parent / "shared" / "data" / "coco_person"
+    return default if (default / "annotations").is_dir() else None
 
 
 @pytest.fixture
@@ -34,6 +38,11 @@ def coco_root():
 
 @pytest.fixture
 def torch():
+    """PyTorch, or a skip when it is not installed; with TINYSEG_REQUIRE_TORCH=1 (set by
+    .ci/run once it has installed torch) a torch that fails to import fails the test."""
+    if os.environ.get("TINYSEG_REQUIRE_TORCH") == "1":
+        import torch
+        return torch
     return pytest.importorskip("torch", reason="PyTorch not installed (optional: pip install torch==2.13.0)")
 
 
@@ -55,3 +64,15 @@ def one_thread_module():
     numba.set_num_threads(1)
     yield
     numba.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that uses the ``torch`` or ``coco_root`` fixture carries the ``torch`` or
+    ``data`` marker (declared in pyproject.toml), so ``-m "not torch"`` and ``-m "not data"``
+    select by what a test needs, whether or not its author wrote the marker."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "torch" in names:
+            item.add_marker(pytest.mark.torch)
+        if "coco_root" in names:
+            item.add_marker(pytest.mark.data)

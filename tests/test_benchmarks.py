@@ -185,7 +185,7 @@ def test_training_presets_come_from_tinyseg_train():
 def test_markdown_table_format():
     t = run.markdown_table(["a", "b"], [["x", "1"], ["y|z", "22"]])
     assert t.splitlines() == ["| a | b |", "| --- | --: |", "| x | 1 |", "| y\\|z | 22 |"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="row has 1 cells, header 2"):
         run.markdown_table(["a", "b"], [["only one"]])
 
 

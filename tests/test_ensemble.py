@@ -326,12 +326,7 @@ def test_ctrl_c_stops_every_member_and_resume_ends_as_an_uninterrupted_run(data,
     run = tmp_path / "cut"
     p = subprocess.Popen(command(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline and not all(
-            (run / f"member{k}" / "log.jsonl").is_file() for k in range(2)):
-        time.sleep(0.1)
-    p.send_signal(signal.SIGINT)
-    out = p.communicate(timeout=120)[0].decode()
+    out = _signal_once_every_member_has_logged(p, run, signal.SIGINT)
     assert p.returncode == 130, out
     assert "--resume" in out
     done = [(run / f"member{k}" / "log.jsonl").read_text().count("\n") for k in range(2)]
@@ -345,6 +340,43 @@ def test_ctrl_c_stops_every_member_and_resume_ends_as_an_uninterrupted_run(data,
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _kill(pids):
+    import os
+    import signal
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _signal_once_every_member_has_logged(p, run, sig, members=2, expect_members=None):
+    """Wait until every member of the ensemble process ``p`` has logged an epoch, send it
+    ``sig`` and return its output.  No speed goal: the cap (30 minutes) only keeps a broken
+    run from hanging the suite; if ``p`` ends first, or anything fails, ``p`` and its
+    members are killed, never left training."""
+    import time
+    try:
+        cap = time.time() + 1800
+        while not all((run / f"member{k}" / "log.jsonl").is_file() for k in range(members)):
+            if p.poll() is not None:
+                pytest.fail("the ensemble run ended before every member had logged an epoch:\n"
+                            + p.stdout.read().decode())
+            if time.time() > cap:
+                pytest.fail("no epoch logged by every member in 30 minutes")
+            time.sleep(0.1)
+        if expect_members is not None:
+            found = [pid for pid in _processes_writing_to(run) if pid != p.pid]
+            assert len(found) == expect_members, found
+        p.send_signal(sig)
+        return p.communicate(timeout=1800)[0].decode()
+    except BaseException:
+        p.kill()
+        p.wait()
+        _kill(_processes_writing_to(run))
+        raise
 
 
 def _processes_writing_to(run) -> list:
@@ -383,18 +415,17 @@ def test_kill_or_a_closed_terminal_stops_every_member_like_ctrl_c(data, tmp_path
                           "--out", str(run), "--epochs", "50", "--epoch-images", "64",
                           "--val-limit", "6", "--quiet", "--no-test", "--threads", "1"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline and not all(
-            (run / f"member{k}" / "log.jsonl").is_file() for k in range(2)):
-        time.sleep(0.1)
-    members = [pid for pid in _processes_writing_to(run) if pid != p.pid]
-    assert len(members) == 2, members
-    p.send_signal(getattr(signal, signame))
-    out = p.communicate(timeout=120)[0].decode()
+    out = _signal_once_every_member_has_logged(p, run, getattr(signal, signame),
+                                               expect_members=2)
     assert p.returncode == 130, out
     assert "--resume" in out
-    time.sleep(0.5)
-    assert _processes_writing_to(run) == [], out      # no member left training
+    left = _processes_writing_to(run)
+    cap = time.time() + 60                        # the parent has waited for them: at once
+    while left and time.time() < cap:
+        time.sleep(0.1)
+        left = _processes_writing_to(run)
+    _kill(left)
+    assert left == [], out                        # no member left training
     done = [(run / f"member{k}" / "log.jsonl").read_text().count("\n") for k in range(2)]
     assert all(1 <= d < 50 for d in done), done
     assert all((run / f"member{k}" / "last.npz").is_file() for k in range(2))

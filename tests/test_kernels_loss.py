@@ -8,8 +8,10 @@ from tinyseg.reference import loss as reference
 
 # Tolerances: the kernel sums in a different order (per pixel, in parallel rows) and, in
 # float32, rounds some intermediates differently from NumPy, so results agree to a few ulps.
-# Relative tolerance on the loss; absolute on dlogits (its entries are at most 1/W_total).
-TOL = {np.float32: dict(loss=2e-6, grad=1e-6), np.float64: dict(loss=1e-12, grad=1e-14)}
+# Relative tolerances: on the loss, and on dlogits relative to its largest entry (which is at
+# most 1/W_total, so an absolute bound would be loose on large images).  Observed: float32
+# 1.7e-7 (gradient), float64 6e-16 (loss) and 1.1e-16 (gradient).
+TOL = {np.float32: dict(loss=2e-6, grad=1e-6), np.float64: dict(loss=1e-14, grad=1e-14)}
 
 
 @st.composite
@@ -41,7 +43,8 @@ def test_kernel_matches_reference(problem):
     assert dk.dtype == logits.dtype and dk.shape == logits.shape
     assert np.isfinite(lk) and np.all(np.isfinite(dk))
     assert abs(lk - lr) <= tol["loss"] * max(1.0, abs(lr))
-    np.testing.assert_allclose(dk, dr, rtol=0, atol=tol["grad"])
+    scale = max(float(np.abs(dr).max(initial=0.0)), 1e-30)
+    np.testing.assert_allclose(dk, dr, rtol=0, atol=tol["grad"] * scale)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

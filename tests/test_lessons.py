@@ -105,7 +105,9 @@ def test_every_figure_a_lesson_shows_is_committed():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=p.stem, marks=[pytest.mark.data] if "<!-- needs: data -->" in p.read_text()
+                 else []) for p in LESSONS])
 def test_lesson_runs(path, monkeypatch, tmp_path):
     text = path.read_text()
     if "<!-- needs: data -->" in text:

@@ -21,7 +21,7 @@ def test_nice_ticks_cover_the_range_with_round_steps(lo, hi):
 
 
 def test_nice_ticks_rejects_non_finite():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="limits must be finite"):
         nice_ticks(0, float("nan"))
 
 

@@ -130,6 +130,24 @@ def test_parse_color_and_names(tmp_path):
     assert [n.name for n in names] == ["x-cutout.png", "x-cutout-2.png", "y-cutout.png"]
 
 
+def test_an_input_photo_is_never_an_output(ckpt, tmp_path, capsys):
+    """``x.png x-cutout.png -o DIR``: the first photo's cut-out went over the second photo,
+    which was then read back as its own cut-out; the user's file was lost."""
+    write_jpeg(tmp_path / "a.jpg", 40, 30, seed=1)
+    first = tmp_path / "x.png"
+    second = tmp_path / "x-cutout.png"
+    Image.open(tmp_path / "a.jpg").save(first)
+    write_jpeg(tmp_path / "b.jpg", 40, 30, seed=2)
+    Image.open(tmp_path / "b.jpg").save(second)
+    before = second.read_bytes()
+    names = output_names([str(first), str(second)], tmp_path, "-cutout")
+    assert [n.name for n in names] == ["x-cutout-2.png", "x-cutout-cutout.png"]
+    assert run_main(main, "tinyseg.cutout", [str(first), str(second), "-o", str(tmp_path),
+                                             "--checkpoint", str(ckpt)]) == 0
+    assert second.read_bytes() == before
+    assert (tmp_path / "x-cutout-2.png").is_file() and (tmp_path / "x-cutout-cutout.png").is_file()
+
+
 def test_command_writes_full_size_rgba(ckpt, tmp_path, capsys):
     write_jpeg(tmp_path / "rot.jpg", 120, 50, orientation=6)
     write_jpeg(tmp_path / "wide.jpg", 333, 101, seed=2)

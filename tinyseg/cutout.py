@@ -96,12 +96,15 @@ def cutout_file(predictor, path, out_path, mode: str = "rgba", threshold: float 
 
 
 def output_names(inputs: Sequence[str], out_dir: Path, suffix: str) -> List[Path]:
-    """``<stem><suffix>.png`` in ``out_dir`` for each input; repeated stems get -2, -3, …"""
+    """``<stem><suffix>.png`` in ``out_dir`` for each input; repeated stems get -2, -3, …, and
+    so does a name that is one of the inputs (``x.png x-cutout.png -o .`` must not write the
+    first one's cut-out over the second photo)."""
+    inputs_at = {Path(inp).resolve() for inp in inputs}
     used, names = set(), []
     for inp in inputs:
         stem = Path(inp).stem or "photo"
         name, k = f"{stem}{suffix}.png", 2
-        while name in used:
+        while name in used or (out_dir / name).resolve() in inputs_at:
             name, k = f"{stem}{suffix}-{k}.png", k + 1
         used.add(name)
         names.append(out_dir / name)

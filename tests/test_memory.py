@@ -31,6 +31,7 @@ def test_format_bytes():
 
 
 def test_command_compares_both_dense_blocks(capsys):
+    from tinyseg.cli import run_main
     from tinyseg.memory import main
 
     assert main(["--model", "tiramisu_tiny", "--size", "32", "--batch", "2"]) == 0
@@ -38,4 +39,7 @@ def test_command_compares_both_dense_blocks(capsys):
     assert "shared buffer dense blocks:" in out and "naive dense blocks:" in out
     ratio = float(out.strip().splitlines()[-1].split()[-1])
     assert 0 < ratio < 0.5
-    assert main(["--model", "tiramisu_tiny", "--size", "0"]) == 1
+    assert run_main(main, "tinyseg.memory", ["--model", "tiramisu_tiny", "--size", "0"]) == 1
+    assert capsys.readouterr().err == "tinyseg.memory: error: --size must be at least 1, got 0\n"
+    assert run_main(main, "tinyseg.memory", ["--model", "tiramisu_tiny", "--seed", "-1"]) == 1
+    assert "--seed must be >= 0" in capsys.readouterr().err

@@ -60,11 +60,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], prog: str,
              argv: Optional[Sequence[str]] = None) -> int:
-    """Call ``main(argv)``; a :class:`UserError` becomes one line on stderr and exit code 1."""
+    """Call ``main(argv)``; a :class:`UserError` becomes one line on stderr and exit code 1.
+
+    So do the errors that come from the user's machine rather than from tinyseg: a file
+    system that refuses a path (``OSError``: a file where a folder should be, no permission,
+    a full disk), named with the path, and running out of memory (``MemoryError``, e.g.
+    ``--size 100000``).  ``TINYSEG_TRACEBACK=1`` shows the traceback of those two instead.
+    """
     try:
         return int(main(argv) or 0)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, MemoryError) as e:
+        if os.environ.get("TINYSEG_TRACEBACK") == "1":
+            raise
+        if isinstance(e, MemoryError):
+            message = ("not enough memory for this job; try a smaller --size, --batch-size "
+                       "or fewer images")
+        else:
+            where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+            message = f"{where}: {e.strerror or e}" if where else str(e.strerror or e)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
 
 

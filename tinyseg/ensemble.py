@@ -170,13 +170,13 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
     return ens, meta, info
 
 
-PROG = "python -m tinyseg.ensemble"
+PROG = "tinyseg.ensemble"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Join model checkpoints into one ensemble file that ``evaluate`` and ``cutout`` take."""
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=HelpFormatter,
+        prog="python -m tinyseg.ensemble", formatter_class=HelpFormatter,
         description="Join model checkpoints (each a run's best.npz) into one ensemble file; "
                     "evaluate and cutout average the members' probabilities.")
     parser.add_argument("out", metavar="OUT.npz", help="the ensemble file to write")

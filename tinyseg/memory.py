@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     """``python -m tinyseg.memory``: peak memory of one training step, both dense blocks."""
     import argparse
 
+    from .cli import UserError
     from .tiramisu import PRESETS
 
     p = argparse.ArgumentParser(
@@ -139,9 +140,11 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=2, help="number of classes (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and input (default: 0)")
     args = p.parse_args(argv)
-    if args.size < 1 or args.batch < 1 or args.classes < 1:
-        print("error: --size, --batch and --classes must be positive", file=sys.stderr)
-        return 1
+    for flag in ("size", "batch", "classes"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     rng = np.random.default_rng(args.seed)
     model = PRESETS[args.model](num_classes=args.classes, rng=rng)
     x = rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32)
@@ -156,4 +159,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import run_main
+    raise SystemExit(run_main(main, "tinyseg.memory"))

@@ -32,7 +32,7 @@ from .download import (ANNOTATIONS_URL, DEFAULT_SETS, ENV_ANNOTATIONS_URL, ENV_I
 from .errors import DataError
 from .images import BadImage
 
-PROG = "python -m tinyseg.data"
+PROG = "tinyseg.data"
 _UNSET = object()  # --max-persons not given (None means "no limit")
 
 
@@ -115,7 +115,7 @@ def _data_flags(p: argparse.ArgumentParser, size_default: int = 224) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Inspect, preview, benchmark and download the COCO person data.")
+        prog="python -m tinyseg.data", description="Inspect, preview, benchmark and download the COCO person data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="images left after each filter step and per split",
@@ -351,4 +351,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import run_main
+    sys.exit(run_main(main, PROG))

@@ -1,0 +1,48 @@
+"""tinyseg.cli.run_main: the commands' exit codes and one-line errors."""
+import errno
+
+import pytest
+
+from tinyseg.cli import UserError, run_main
+
+
+def raiser(exc):
+    def main(argv):
+        raise exc
+    return main
+
+
+def test_user_errors_and_the_machines_errors_are_one_line(capsys):
+    assert run_main(lambda argv: 0, "tinyseg.x") == 0
+    assert run_main(raiser(UserError("bad flag value")), "tinyseg.x") == 1
+    assert capsys.readouterr().err == "tinyseg.x: error: bad flag value\n"
+    # a path the file system refuses: named, no traceback (was a traceback)
+    assert run_main(raiser(PermissionError(errno.EACCES, "Permission denied", "ro/run")),
+                    "tinyseg.x") == 1
+    assert capsys.readouterr().err == "tinyseg.x: error: ro/run: Permission denied\n"
+    assert run_main(raiser(FileExistsError(errno.EEXIST, "File exists", "a", None, "b")),
+                    "tinyseg.x") == 1
+    assert capsys.readouterr().err == "tinyseg.x: error: a -> b: File exists\n"
+    assert run_main(raiser(MemoryError()), "tinyseg.x") == 1
+    assert "not enough memory" in capsys.readouterr().err
+
+
+def test_the_traceback_is_there_when_asked_for(monkeypatch):
+    monkeypatch.setenv("TINYSEG_TRACEBACK", "1")
+    with pytest.raises(PermissionError):
+        run_main(raiser(PermissionError(errno.EACCES, "Permission denied", "x")), "tinyseg.x")
+
+
+def test_a_file_where_the_run_directory_should_be(tmp_path, capsys):
+    """train --out FILE, evaluate --out FILE, ensemble into a folder: one line each."""
+    import numpy as np
+    from tinyseg.checkpoint import make_meta, save_model
+    from tinyseg.ensemble import main as ensemble_main
+    from tinyseg.tiramisu import tiramisu_tiny
+    ckpt = save_model(tmp_path / "m.npz", tiramisu_tiny(rng=np.random.default_rng(0)),
+                      make_meta(32, [0.5] * 3, [0.25] * 3))
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    assert run_main(ensemble_main, "tinyseg.ensemble", [str(folder), str(ckpt), str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyseg.ensemble: error: ") and len(err.splitlines()) == 1, err

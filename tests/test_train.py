@@ -366,3 +366,48 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
     assert "--epochs 2" in conf["command"]
     assert run_main(main, "tinyseg.train", ["--resume", str(out), "--lr", "1"]) == 1
     assert "cannot be changed when resuming" in capsys.readouterr().err
+    # changes to "off" or 0 were taken as "not given" and silently ignored; a saved value
+    # repeated is no change
+    for flag in (["--no-augment"], ["--recompute-bn", "0"], ["--dropout", "0"],
+                 ["--weight-decay", "0"], ["--preset", "paper"]):
+        assert run_main(main, "tinyseg.train", ["--resume", str(out), *flag]) == 1, flag
+        assert "cannot be changed when resuming" in capsys.readouterr().err
+    assert run_main(main, "tinyseg.train", ["--resume", str(out), "--augment", "--tiny",
+                                            "--cache", str(cache), "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_damaged_run_directory_is_named_not_a_traceback(data, tmp_path, capsys):
+    import shutil
+    root, cache = data
+    good = tmp_path / "good"
+    assert run_main(main, "tinyseg.train", [
+        "--preset", "tiny", "--data", str(root), "--cache", str(cache), "--out", str(good),
+        "--epochs", "1", "--quiet", "--threads", "1", "--no-test"]) == 0
+    capsys.readouterr()
+
+    def damaged(name, change):
+        run = tmp_path / name
+        shutil.copytree(good, run)
+        change(run)
+        assert run_main(main, "tinyseg.train", ["--resume", str(run), "--epochs", "2",
+                                                "--cache", str(cache), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("tinyseg.train: error: ") and len(err.splitlines()) == 1, err
+        return err
+
+    def cut(path, keep=100):
+        path.write_bytes(path.read_bytes()[:keep])
+
+    assert "last.npz: cannot resume" in damaged("a", lambda r: cut(r / "last.npz"))
+    assert "config.json: damaged" in damaged("b", lambda r: cut(r / "config.json", 50))
+    assert "config.json: damaged" in damaged(
+        "c", lambda r: (r / "config.json").write_text("[]"))
+
+    def bad_batch(r):
+        conf = json.loads((r / "config.json").read_text())
+        conf["train"]["batch_size"] = "x"
+        (r / "config.json").write_text(json.dumps(conf))
+    assert "config.json: damaged" in damaged("d", bad_batch)
+    assert "log.jsonl: line 1 is damaged" in damaged(
+        "e", lambda r: cut(r / "log.jsonl", 20))

@@ -58,8 +58,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .checkpoint import (generator_states, load_model, make_meta, read, save_model,
-                         save_training, set_generator_states)
+from .checkpoint import (CheckpointError, generator_states, load_model, make_meta, read,
+                         save_model, save_training, set_generator_states)
 from .cli import HelpFormatter, UserError, run_main, set_threads
 from .data.augment import AugmentConfig, augment as augment_pair
 from .data.batches import normalize
@@ -155,12 +155,18 @@ class TrainConfig:
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise UserError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"--weight-decay must be a finite number >= 0, got "
+                            f"{self.weight_decay}")
         if not 0 <= self.rms_alpha < 1:
             raise UserError(f"--rms-alpha must be in [0, 1), got {self.rms_alpha}")
-        if not self.rms_eps > 0:
-            raise UserError(f"--rms-eps must be > 0, got {self.rms_eps}")
+        if not (self.rms_eps > 0 and math.isfinite(self.rms_eps)):
+            raise UserError(f"--rms-eps must be a finite number > 0, got {self.rms_eps}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if "in_channels" in self.model_overrides or "num_classes" in self.model_overrides:
+            raise UserError("--model-overrides cannot change in_channels or num_classes: the "
+                            "data are RGB photos and the classes person / background")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         for k in ("train_limit", "val_limit"):
@@ -683,15 +689,23 @@ class Trainer:
         if not (run_dir / "last.npz").is_file():
             raise UserError(f"{run_dir}: nothing to resume (no last.npz: the run stopped "
                             "before its first checkpoint; start it again)")
-        saved = json.loads(cfg_path.read_text())
-        cfg = TrainConfig.from_dict(saved["train"])
+        try:
+            saved = json.loads(cfg_path.read_text())
+            cfg = TrainConfig.from_dict(saved["train"])
+            cfg.check()
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            raise UserError(f"{cfg_path}: damaged, cannot resume from it ({type(e).__name__}: "
+                            f"{e})") from None
         if data is not None:
             cfg.data = str(data)
         if epochs is not None:
             cfg.epochs = int(epochs)
         train, val = load_data(cfg, cache_dir, progress)
         trainer = cls(cfg, train, val, run_dir, init_weights=False, **kwargs)
-        trainer.load_state(run_dir / "last.npz")
+        try:
+            trainer.load_state(run_dir / "last.npz")
+        except (CheckpointError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{run_dir / 'last.npz'}: cannot resume from it ({e})") from None
         trainer.history = _read_log(trainer.log_path, trainer.epoch)
         # config.json says what the finished run will be: a longer run (more --epochs) is
         # exactly the run that was started with that many (the schedule is per epoch)
@@ -752,10 +766,15 @@ def _read_log(path: Path, upto_epoch: int) -> List[dict]:
     if not path.is_file():
         return []
     keep = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            rec = json.loads(line)
-            if rec.get("epoch", 0) <= upto_epoch:
+            try:
+                rec = json.loads(line)
+                epoch = rec.get("epoch", 0)
+            except (json.JSONDecodeError, AttributeError):
+                raise UserError(f"{path}: line {number} is damaged ({line[:60]!r}); remove it "
+                                f"to resume") from None
+            if epoch <= upto_epoch:
                 keep.append(rec)
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
     return keep
@@ -990,7 +1009,34 @@ def _config_from_args(args) -> TrainConfig:
 
 
 _RESUME_OK = {"resume", "epochs", "data", "threads", "max_minutes", "cache", "no_test", "quiet",
-              "preset", "jobs"}
+              "jobs"}
+
+
+def _resume_changes(args, parser, run_dir: Path) -> List[str]:
+    """The flags given with ``--resume`` (other than ``_RESUME_OK``) whose value differs from
+    the run's saved config: those would silently be ignored.  Repeating a saved value is
+    fine.  (Any flag counts as a change when the saved config cannot be read.)"""
+    saved = {}
+    for name in ("config.json", ENSEMBLE_MANIFEST):
+        try:
+            saved = json.loads((Path(run_dir) / name).read_text())["train"]
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    changes = []
+    for key, value in vars(args).items():
+        if key in _RESUME_OK or value is None or value == parser.get_default(key):
+            continue
+        if key == "model_overrides":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        elif key == "init":
+            value = str(Path(value).resolve())
+        if not isinstance(saved, dict) or key not in saved or saved[key] != value:
+            changes.append(key)
+    return changes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1002,8 +1048,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     try:
         if args.resume:
-            given = [k for k, v in vars(args).items()
-                     if v not in (None, False) and k not in _RESUME_OK]
+            given = _resume_changes(args, parser, Path(args.resume))
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when "
                                 "resuming (the run's config.json decides it)")

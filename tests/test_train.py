@@ -374,7 +374,30 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
         assert "cannot be changed when resuming" in capsys.readouterr().err
     assert run_main(main, "tinyseg.train", ["--resume", str(out), "--augment", "--tiny",
                                             "--cache", str(cache), "--quiet"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to train" in capsys.readouterr().out
+
+
+def test_ctrl_c_during_the_test_report_and_resume_writes_it(data, tmp_path, capsys,
+                                                             monkeypatch):
+    """Ctrl-C after the last epoch, while the test split is scored: a traceback, no
+    test.json, and --resume said "nothing to do", so the figures could never be written."""
+    import tinyseg.train as T
+    root, cache = data
+    out = tmp_path / "run"
+    real = T.write_test_report
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, "write_test_report", interrupted)
+    assert run_main(main, "tinyseg.train", [
+        "--preset", "tiny", "--data", str(root), "--cache", str(cache), "--out", str(out),
+        "--epochs", "1", "--quiet", "--threads", "1"]) == 130
+    assert "during the test-split evaluation; the run itself is done" in capsys.readouterr().err
+    assert not (out / "test.json").exists()
+    monkeypatch.setattr(T, "write_test_report", real)
+    assert run_main(main, "tinyseg.train", ["--resume", str(out), "--cache", str(cache),
+                                            "--quiet"]) == 0
+    assert "test split" in capsys.readouterr().out and (out / "test.json").is_file()
 
 
 def test_a_damaged_run_directory_is_named_not_a_traceback(data, tmp_path, capsys):

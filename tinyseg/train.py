@@ -1046,6 +1046,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = (lambda text, final: _stderr_report(text, final) if final else None) \
         if args.quiet else _stderr_report
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
+    trainer = None
     try:
         if args.resume:
             given = _resume_changes(args, parser, Path(args.resume))
@@ -1066,7 +1067,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      max_seconds=max_seconds, threads=args.threads)
             if trainer.epoch >= trainer.cfg.epochs:
                 print(f"{trainer.run_dir} has already done {trainer.epoch} of "
-                      f"{trainer.cfg.epochs} epochs: nothing to do (raise --epochs to go on)")
+                      f"{trainer.cfg.epochs} epochs: nothing to train (raise --epochs to go on)")
+                if (not args.no_test and trainer.best_path.is_file()
+                        and not (trainer.run_dir / "test.json").is_file()):
+                    return _test_report(trainer, args.cache)    # stopped before it last time
                 return 0
             print(f"resuming {trainer.run_dir} at epoch {trainer.epoch + 1}, batch "
                   f"{trainer.batch + 1} (of {trainer.cfg.epochs} epochs)", flush=True)
@@ -1108,7 +1112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(str(e)) from None
     except KeyboardInterrupt:
         print("\nstopped at once (second Ctrl-C); last.npz, if any, holds the last state "
-              "saved", file=sys.stderr, flush=True)
+              "saved" if trainer is not None else
+              "\nstopped (Ctrl-C) before training started; nothing was saved",
+              file=sys.stderr, flush=True)
         return 130
     if result["status"] == "stopped":
         where = (f"after epoch {result['epoch']}" if result["batch"] == 0 else
@@ -1123,7 +1129,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{best:.4f} at epoch {result['best_epoch']} ({trainer.best_path})"
           if best is not None else f"done: {result['epoch']} epochs", flush=True)
     if not args.no_test and trainer.best_path.is_file():
-        write_test_report(trainer.run_dir, trainer.best_path, trainer.cfg, args.cache)
+        return _test_report(trainer, args.cache)
+    return 0
+
+
+def _test_report(trainer, cache) -> int:
+    """The test-split figures of a finished run; Ctrl-C here leaves the run as it is (done)
+    and ``--resume`` writes them later."""
+    try:
+        write_test_report(trainer.run_dir, trainer.best_path, trainer.cfg, cache)
+    except KeyboardInterrupt:
+        print(f"\nstopped (Ctrl-C) during the test-split evaluation; the run itself is done. "
+              f"Get the test figures with: python -m tinyseg.train --resume "
+              f"{shlex.quote(str(trainer.run_dir))}", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

@@ -126,6 +126,12 @@ def test_parse_color_and_names(tmp_path):
     assert parse_color("0, 128, 255") == (0, 128, 255)
     with pytest.raises(UserError, match="colour"):
         parse_color("not-a-colour")
+    for text in ("300,0,0", "rgb(300,0,0)"):                  # were clamped to 255
+        with pytest.raises(UserError, match="must be 0-255"):
+            parse_color(text)
+    with pytest.raises(UserError, match="has transparency"):  # its alpha was dropped
+        parse_color("#00ff0080")
+    assert parse_color("#00ff00ff") == (0, 255, 0)
     names = output_names(["a/x.jpg", "b/x.jpg", "y.png"], tmp_path, "-cutout")
     assert [n.name for n in names] == ["x-cutout.png", "x-cutout-2.png", "y-cutout.png"]
 

@@ -177,6 +177,15 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
     expected = (run if marker else here) / "eval-val" / "results.json"
     assert expected.is_file()
     assert not ((here if marker else run) / "eval-val").exists()
+    # last.npz beside it gets its own folder: best.npz's results stay (were overwritten)
+    before = expected.read_bytes()
+    shutil.copy(ckpt, run / "last.npz")
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", str(run / "last.npz"), "--data", str(root), "--cache", str(cache),
+        "--split", "val", "--worst", "0", "--filter", "wide", "--json"]) == 0
+    capsys.readouterr()
+    assert ((run if marker else here) / "eval-val-last" / "results.json").is_file()
+    assert expected.read_bytes() == before
 
 
 def test_command_errors(setup, tmp_path, capsys, monkeypatch):
@@ -194,3 +203,20 @@ def test_command_errors(setup, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["--split", "nope"])
     assert e.value.code == 2
+    # each flag named on its own; --size 0 meant "the checkpoint's size", '' the bundled model
+    for flag, value, says in (("--worst", "-1", "--worst must be >= 0, got -1"),
+                              ("--limit", "0", "--limit must be at least 1, got 0"),
+                              ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+                              ("--size", "0", "--size must be at least 1, got 0"),
+                              ("--checkpoint", "", "--checkpoint is empty")):
+        assert run_main(main, "tinyseg.evaluate", [flag, value]) == 1
+        assert says in capsys.readouterr().err
+
+
+def test_scoring_shows_progress(setup, tmp_path, capsys):
+    root, cache, ckpt = setup
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split", "val",
+        "--out", str(tmp_path / "ev"), "--worst", "0", "--filter", "default"]) == 0
+    err = capsys.readouterr().err
+    assert "scoring the val split, 'default' filter:" in err and "images (100 %)" in err

@@ -77,6 +77,11 @@ def parse_color(text: str) -> Tuple[int, int, int]:
     except ValueError:
         raise UserError(f"--background: cannot read colour {text!r} (use a name like 'white', "
                         "'#00ff00' or '0,255,0')") from None
+    if not all(0 <= v <= 255 for v in c):
+        raise UserError(f"--background: each of r, g, b must be 0-255, got {text!r}")
+    if len(c) == 4 and c[3] != 255:
+        raise UserError(f"--background: {text!r} has transparency; the background is solid "
+                        "(leave the flag out for a transparent one)")
     return tuple(int(v) for v in c[:3])
 
 

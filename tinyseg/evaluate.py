@@ -93,12 +93,13 @@ class Evaluation:
 
 def evaluate_dataset(model, images: np.ndarray, masks: np.ndarray, boxes: np.ndarray, mean,
                      std, batch_size: int = 16, flip: bool = False,
-                     keep_predictions: bool = False) -> Evaluation:
+                     keep_predictions: bool = False, on_batch=None) -> Evaluation:
     """Run ``model`` (in eval mode) over letterboxed ``images`` uint8 (N, S, S, 3) and score
     its predictions against ``masks`` (N, S, S); padding outside ``boxes`` is not counted.
 
     With ``flip`` the person probability is the mean of the image's and its mirror's; the
-    loss is always that of the plain image.
+    loss is always that of the plain image.  ``on_batch(k)`` is called after each batch of
+    ``k`` images (the command's progress line).
     """
     from .infer import softmax_person
 
@@ -143,6 +144,8 @@ def evaluate_dataset(model, images: np.ndarray, masks: np.ndarray, boxes: np.nda
                 extra[j] = 1.0 - inter / np.sum(P[k]) if np.sum(P[k]) else 0.0
             if keep is not None:
                 keep[sl] = P
+            if on_batch is not None:
+                on_batch(len(t))
     finally:
         model.train(was_training)
     return Evaluation(cm=cm, loss=loss_sum / counted if counted else float("nan"),
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", metavar="DIR", default=None,
       help="where results.json and the pictures go (default: <run dir>/eval-<split> for a "
            "checkpoint inside a run directory, one with a config.json or an ensemble.json; "
-           "else ./eval-<split>)")
+           "else ./eval-<split>; eval-<split>-<name> for a checkpoint not named best.npz, so "
+           "that scoring last.npz keeps best.npz's results)")
     a("--limit", type=int, metavar="N", default=None,
       help="score only the first N images of each split (default: all)")
     a("--batch-size", type=int, metavar="N", default=16, help="images per forward pass")
@@ -239,7 +243,10 @@ def resolve_checkpoint(arg: Optional[str]) -> Path:
     """``--checkpoint``, or the bundled model; ``UserError`` if there is none."""
     from .checkpoint import default_weights
 
-    if arg:
+    if arg is not None:
+        if not arg.strip():
+            raise UserError("--checkpoint is empty: give a file, or leave the flag out for the "
+                            "bundled model")
         path = Path(arg)
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found")
@@ -257,27 +264,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .data.cache import load_split
     from .data.coco import FILTER_PRESETS
     from .data.errors import DataError
+    from .data.progress import Progress
     from .io import atomic_write_bytes
     from .viz import save_png
 
     args = build_parser().parse_args(argv)
     set_threads(args.threads)
-    if args.worst < 0 or (args.limit is not None and args.limit < 1) or args.batch_size < 1:
-        raise UserError("--worst must be >= 0, --limit and --batch-size >= 1")
+    if args.worst < 0:
+        raise UserError(f"--worst must be >= 0, got {args.worst}")
+    for flag in ("limit", "batch_size", "size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
         model, info = load_model(ckpt)
     except CheckpointError as e:
         raise UserError(str(e)) from None
     size = args.size or info["size"]
-    if size < 1:
-        raise UserError(f"--size must be positive, got {size}")
     if args.out:
         out = Path(args.out)
-    elif any((ckpt.parent / name).is_file() for name in ("config.json", "ensemble.json")):
-        out = ckpt.parent / f"eval-{args.split}"
     else:
-        out = Path(f"eval-{args.split}")
+        name = f"eval-{args.split}" + ("" if ckpt.name == "best.npz" else f"-{ckpt.stem}")
+        in_run = any((ckpt.parent / f).is_file() for f in ("config.json", "ensemble.json"))
+        out = ckpt.parent / name if in_run else Path(name)
     results: Dict[str, dict] = {"checkpoint": str(ckpt), "split": args.split, "size": size,
                                 "flip": args.flip, "filters": {}}
     for name in dict.fromkeys(args.filter):
@@ -291,9 +301,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results["filters"][name] = {"images": 0}
             continue
         images, masks, boxes, ids = ds.images[:n], ds.masks[:n], ds.boxes[:n], ds.ids[:n]
-        ev = evaluate_dataset(model, images, masks, boxes, info["mean"], info["std"],
-                              batch_size=args.batch_size, flip=args.flip,
-                              keep_predictions=args.worst > 0)
+        with Progress(f"scoring the {args.split} split, '{name}' filter", total=n,
+                      enabled=not args.json) as progress:
+            ev = evaluate_dataset(model, images, masks, boxes, info["mean"], info["std"],
+                                  batch_size=args.batch_size, flip=args.flip,
+                                  keep_predictions=args.worst > 0, on_batch=progress.update)
         light = brightness(images, boxes)
         per_image = [{"id": int(ids[k]), "iou": _num(ev.per_image[k]),
                       "coverage": float(ev.coverage[k]),

@@ -95,7 +95,12 @@ def test_bad_flags_exit_2(root, capsys):
     for args in (["info", "--min-coverage", "2"], ["info", "--max-persons", "x"],
                  ["info", "--size", "0"], ["frobnicate"], [],
                  ["info", "--min-coverage", "0.8", "--max-coverage", "0.5"],
-                 ["show", "--split", "training"], ["download"]):
+                 ["show", "--split", "training"], ["download"],
+                 # were tracebacks, or a silent fall-back to the real COCO server
+                 ["download", "--root", "x", "--timeout", "nan"],
+                 ["download", "--root", "x", "--timeout", "-5"],
+                 ["download", "--root", "x", "--annotations-url", ""],
+                 ["download", "--root", "x", "--annotations-url", "notaurl"]):
         with pytest.raises(SystemExit) as e:
             main(["--data", str(root)] if not args else args)
         assert e.value.code == 2, args
@@ -120,6 +125,8 @@ def test_show_writes_a_grid(root, tmp_path, capsys):
     assert code == 0 and "wrote" in out
     im = np.asarray(Image.open(out_png))
     assert im.ndim == 3 and im.shape[0] > 2 * 48 and im.shape[1] > 2 * 48
+    code, _, err = _run(["show", "--data", str(root), "--out", str(tmp_path / "s.jpg")], capsys)
+    assert code == 1 and "give a name ending in .png" in err   # PNG bytes went into a .jpg
     code, out, _ = _run(["show", "--data", str(root), "--rejected", "--size", "32", "--out",
                          str(tmp_path / "r.png"), "--split", "train", "--n", "3"], capsys)
     assert code == 0 and "rejected" in out

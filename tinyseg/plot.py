@@ -16,12 +16,15 @@ in between.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Mapping, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .io import atomic_write_bytes
 
 __all__ = ["line_plot", "nice_ticks"]
 
@@ -196,7 +199,6 @@ def line_plot(series: Mapping[str, Series], path, xlabel: str = "", ylabel: str 
         d.line([(lx + 6, yy), (lx + 24, yy)], fill=color, width=3)
         d.text((lx + 30, yy), n, fill="black", font=small, anchor="lm")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())    # never a half-written curves.png

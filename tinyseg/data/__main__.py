@@ -59,6 +59,22 @@ def _count_or_none(text: str) -> Optional[int]:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return v
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://", "file://")):
+        raise argparse.ArgumentTypeError(f"not an http(s):// or file:// URL: {text!r}")
+    return text
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -156,17 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to put annotations/ and the <set>/ image folders (required)")
     p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), metavar="SET",
                    help="COCO sets whose instances file is used (default: %(default)s)")
-    p.add_argument("--annotations-url", default=None, metavar="URL",
+    p.add_argument("--annotations-url", type=_url, default=None, metavar="URL",
                    help=f"annotation archive (default: ${ENV_ANNOTATIONS_URL}, else "
                         f"{ANNOTATIONS_URL})")
-    p.add_argument("--images-url", default=None, metavar="URL",
+    p.add_argument("--images-url", type=_url, default=None, metavar="URL",
                    help=f"replaces scheme and host of each image's coco_url (default: "
                         f"${ENV_IMAGES_URL}, else the coco_url as is)")
     p.add_argument("--workers", type=_positive, default=4,
                    help="parallel image downloads (default: %(default)s)")
     p.add_argument("--retries", type=_positive, default=3,
                    help="attempts per file (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=_seconds, default=60.0,
                    help="seconds before a stalled connection is retried (default: "
                         "%(default)s)")
     _filter_flags(p)
@@ -244,6 +260,8 @@ def cmd_info(args, filters: FilterConfig) -> int:
 def cmd_show(args, filters: FilterConfig) -> int:
     from .. import viz
 
+    if Path(args.out).suffix.lower() != ".png":
+        raise DataError(f"--out {args.out!r}: the picture is a PNG; give a name ending in .png")
     root = resolve_data_root(args.data)
     data = load_coco(root, filters.category, args.annotations, args.images)
     result = filter_images(data, filters, require_nonempty=not args.rejected)

@@ -292,8 +292,8 @@ def download(root: PathLike, filters: FilterConfig = FilterConfig(),
         for fut in as_completed(futures):
             try:
                 fut.result()
-            except DataError as e:
-                failed.append(str(e))
+            except DataError as e:      # each message without the advice given once below
+                failed.append(str(e).replace("; run the command again to resume", ""))
             bar.update()
     report = DownloadReport(root, result.steps, len(jobs), len(todo) - len(failed), present,
                             failed)

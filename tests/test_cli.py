@@ -46,3 +46,17 @@ def test_a_file_where_the_run_directory_should_be(tmp_path, capsys):
     assert run_main(ensemble_main, "tinyseg.ensemble", [str(folder), str(ckpt), str(ckpt)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinyseg.ensemble: error: ") and len(err.splitlines()) == 1, err
+
+
+def test_skipped_images_are_a_plain_warning_line(capsys):
+    """Train and evaluate printed Python's 'cache.py:367: BadImageWarning ...' with the
+    source line; now as the data command does."""
+    import warnings
+    from tinyseg.data.errors import BadImageWarning
+
+    def main(argv):
+        warnings.warn("2 unreadable images skipped: a.jpg, b.jpg", BadImageWarning)
+        return 0
+    assert run_main(main, "tinyseg.train") == 0
+    assert capsys.readouterr().err == \
+        "tinyseg.train: warning: 2 unreadable images skipped: a.jpg, b.jpg\n"

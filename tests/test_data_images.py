@@ -67,6 +67,18 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(out[..., 2], expect)
 
 
+@pytest.mark.parametrize("values, expect", [
+    ([[0, 100], [255, 10]], [[0, 100], [255, 10]]),              # 8-bit values: as they are
+    ([[0, 257], [65535, 1000]], [[0, 1], [255, 4]]),             # 16-bit range: / 257
+    ([[0, 2**31 - 1], [-5, 2**30]], [[0, 255], [0, 128]]),       # full 32-bit range
+])
+def test_thirty_two_bit_integer_images_are_read_by_their_range(tmp_path, values, expect):
+    """A 32-bit TIFF of 8-bit values was divided by 257 as if 16-bit: all black."""
+    Image.fromarray(np.array(values, np.int32)).save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    np.testing.assert_array_equal(read_image(tmp_path / "i.tif")[..., 1], expect)
+
+
 def test_float_images_are_refused(tmp_path):
     Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(BadImage, match="unsupported pixel mode 'F'"):

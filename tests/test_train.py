@@ -340,6 +340,16 @@ def test_bad_flags_exit_2_and_user_errors_exit_1(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1
     assert run_main(main, "tinyseg.train", ["--resume", str(tmp_path / "nothing")]) == 1
     assert "not a run directory" in capsys.readouterr().err
+    # each of these got past the checks: a traceback, or a run that stopped at once (0, -1)
+    # or never (nan)
+    for flag, value in (("--max-minutes", "0"), ("--max-minutes", "-1"),
+                        ("--max-minutes", "nan"), ("--weight-decay", "inf"),
+                        ("--rms-eps", "inf"), ("--seed", "-1"),
+                        ("--model-overrides", '{"in_channels": 1}')):
+        assert run_main(main, "tinyseg.train", ["--out", str(tmp_path / "r"), flag, value]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("tinyseg.train: error: ") and len(err.splitlines()) == 1, err
+        assert flag in err or "in_channels" in err, err
 
 
 def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):

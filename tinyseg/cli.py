@@ -33,10 +33,12 @@ does, in the twenty lines tinyseg needs, without a new dependency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import sys
-from typing import Callable, List, Optional, Sequence
+import warnings
+from typing import Callable, Iterator, List, Optional, Sequence
 
 __all__ = ["UserError", "run_main", "set_threads", "available_threads", "blas_threads",
            "HelpFormatter"]
@@ -58,6 +60,26 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+@contextlib.contextmanager
+def plain_warnings(prog: str) -> Iterator[None]:
+    """Within the block, tinyseg's own warnings (``BadImageWarning``: images skipped) print
+    as ``<prog>: warning: <message>``, not as Python's ``file:line: Category`` with a source
+    line; other warnings keep Python's format."""
+    from .data.errors import BadImageWarning
+    old = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BadImageWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            old(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
+
+
 def run_main(main: Callable[[Optional[Sequence[str]]], int], prog: str,
              argv: Optional[Sequence[str]] = None) -> int:
     """Call ``main(argv)``; a :class:`UserError` becomes one line on stderr and exit code 1.
@@ -68,7 +90,8 @@ def run_main(main: Callable[[Optional[Sequence[str]]], int], prog: str,
     ``--size 100000``).  ``TINYSEG_TRACEBACK=1`` shows the traceback of those two instead.
     """
     try:
-        return int(main(argv) or 0)
+        with plain_warnings(prog):
+            return int(main(argv) or 0)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1

@@ -130,8 +130,12 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
             meta = m
             first = (mp, key)
         elif key != first[1]:
-            raise CheckpointError(f"{mp}: size/mean/std {key} differ from {first[0]}'s "
-                                  f"{first[1]}: members must be trained on the same data")
+            differ = next(n for n in key if key[n] != first[1][n])
+            shown = (lambda v: v) if differ == "size" else \
+                (lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")" if v else v)
+            raise CheckpointError(f"{mp}: its {differ} {shown(key[differ])} differs from "
+                                  f"{first[0]}'s {shown(first[1][differ])}: members must be "
+                                  f"trained on the same data")
         for name, v in data.items():
             if name.startswith("__") and name not in ("__format__", "__config__"):
                 continue  # __meta__ goes in once; a training checkpoint's optimiser state is dropped

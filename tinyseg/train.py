@@ -340,8 +340,10 @@ def start_from(model: Tiramisu, path: str) -> None:
     afresh."""
     from .ensemble import is_ensemble_file
     if is_ensemble_file(path):
+        member = Path(path).parent / "member0" / "best.npz"
         raise UserError(f"--init: {path} holds an ensemble of several networks; give one of "
-                        f"them, e.g. {Path(path).parent / 'member0' / 'best.npz'}")
+                        + (f"them, e.g. {member}" if member.is_file() else
+                           "the checkpoints it was joined from"))
     try:
         model.load(path)
     except (OSError, ValueError) as e:
@@ -1045,6 +1047,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_threads(args.threads)
     report = (lambda text, final: _stderr_report(text, final) if final else None) \
         if args.quiet else _stderr_report
+    if args.max_minutes is not None and not 0 < args.max_minutes < math.inf:
+        raise UserError(f"--max-minutes must be a number of minutes > 0, got {args.max_minutes}")
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     trainer = None
     try:

@@ -15,12 +15,12 @@ import argparse
 import dataclasses
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
+from ..cli import plain_warnings
 from .augment import AugmentConfig, augment
 from .batches import batches
 from .cache import (ENV_CACHE, cache_key, cache_path, default_cache_dir, load_split,
@@ -345,27 +345,20 @@ def cmd_bench(args, filters: FilterConfig) -> int:
 COMMANDS = {"info": cmd_info, "show": cmd_show, "download": cmd_download, "bench": cmd_bench}
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     filters = filters_from(args, parser)
-    old = warnings.showwarning
-    warnings.showwarning = _show_warning
     try:
-        return COMMANDS[args.command](args, filters)
+        with plain_warnings(f"{PROG} {args.command}"):
+            return COMMANDS[args.command](args, filters)
     except DataError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
-    finally:
-        warnings.showwarning = old
 
 
 if __name__ == "__main__":

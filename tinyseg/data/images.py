@@ -6,8 +6,10 @@ Reading
 
 * RGB: as is.  Grayscale (``L``, ``1``), palette (``P``), ``CMYK``, ``YCbCr``, ``LAB`` and
   images with alpha (``RGBA``, ``LA``, ``PA``): converted to RGB (the alpha is dropped).
-* 16-bit grayscale (``I;16``, ``I``): scaled to 8 bits, ``v8 = round(v16 / 257)``
-  (Pillow's own conversion would clip everything above 255 to white).
+* 16-bit grayscale (``I;16``): scaled to 8 bits, ``v8 = round(v16 / 257)`` (Pillow's own
+  conversion would clip everything above 255 to white).  32-bit integer grayscale (``I``,
+  which Pillow also uses for some 16-bit files) is read by its range: values up to 255 as
+  they are, up to 65535 as 16-bit, larger ones scaled from 2³¹ − 1; negatives are 0.
 * Missing, corrupt or truncated files, and modes that have no sensible RGB reading (float
   ``F``): ``BadImage`` with the reason.  Callers skip such images, count them and list
   them in a warning.
@@ -60,7 +62,12 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
     if mode.startswith("I;16") or mode == "I":
         v = np.asarray(im).astype(np.float64)
-        v8 = np.clip(np.rint(v / 257.0), 0, 255).astype(np.uint8)
+        top = v.max(initial=0.0)
+        if mode.startswith("I;16") or 255 < top <= 65535:
+            scale = 257.0
+        else:
+            scale = 1.0 if top <= 255 else (2**31 - 1) / 255.0
+        v8 = np.clip(np.rint(v / scale), 0, 255).astype(np.uint8)
         return np.repeat(v8[:, :, None], 3, axis=2)
     if mode in _CONVERTIBLE:
         if mode == "P" and "transparency" in im.info:

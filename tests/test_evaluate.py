@@ -186,6 +186,14 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
     capsys.readouterr()
     assert ((run if marker else here) / "eval-val-last" / "results.json").is_file()
     assert expected.read_bytes() == before
+    # so do --flip and another --size (they overwrote the plain scoring's results too)
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
+        "--split", "val", "--worst", "0", "--filter", "wide", "--json", "--flip",
+        "--size", "24"]) == 0
+    capsys.readouterr()
+    assert ((run if marker else here) / "eval-val-24px-flip" / "results.json").is_file()
+    assert expected.read_bytes() == before
 
 
 def test_command_errors(setup, tmp_path, capsys, monkeypatch):

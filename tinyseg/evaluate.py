@@ -177,7 +177,8 @@ def worst_picture(images, masks, ids, ev: Evaluation, count: int, zoom: int = 1,
         tiles += [np.kron(img, z), np.kron(overlay(img, masks[j]), z),
                   np.kron(overlay(img, ev.predictions[j]), z)]
         labels += [f"id {int(ids[j])}", "truth",
-                   f"IoU {ev.per_image[j]:.2f}\nmissed {ev.missed[j]:.0%} extra {ev.extra[j]:.0%}"]
+                   f"IoU {ev.per_image[j]:.2f}\nmissed {ev.missed[j]:.0%}\n"
+                   f"extra {ev.extra[j]:.0%}"]          # one short line each: 96-px tiles
     return grid(tiles, ncols=3 * pairs_per_row, labels=labels)
 
 
@@ -220,14 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--size", type=int, metavar="S", default=None,
       help="image side for the network (default: the checkpoint's training size)")
     a("--flip", action="store_true",
-      help="test-time augmentation: average with the left-right mirrored prediction")
+      help="test-time augmentation: average with the left-right mirrored prediction (the "
+           "IoUs and accuracy use the average; the loss stays that of the plain image)")
     a("--worst", type=int, metavar="N", default=16,
       help="images in the worst-cases picture (0: no picture)")
     a("--out", metavar="DIR", default=None,
       help="where results.json and the pictures go (default: <run dir>/eval-<split> for a "
            "checkpoint inside a run directory, one with a config.json or an ensemble.json; "
-           "else ./eval-<split>; eval-<split>-<name> for a checkpoint not named best.npz, so "
-           "that scoring last.npz keeps best.npz's results)")
+           "else ./eval-<split>; with -<name> for a checkpoint not named best.npz, -<S>px for "
+           "another --size and -flip for --flip, so that one scoring never overwrites "
+           "another's)")
     a("--limit", type=int, metavar="N", default=None,
       help="score only the first N images of each split (default: all)")
     a("--batch-size", type=int, metavar="N", default=16, help="images per forward pass")
@@ -285,7 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        name = f"eval-{args.split}" + ("" if ckpt.name == "best.npz" else f"-{ckpt.stem}")
+        name = (f"eval-{args.split}" + ("" if ckpt.name == "best.npz" else f"-{ckpt.stem}")
+                + ("" if size == info["size"] else f"-{size}px") + ("-flip" if args.flip else ""))
         in_run = any((ckpt.parent / f).is_file() for f in ("config.json", "ensemble.json"))
         out = ckpt.parent / name if in_run else Path(name)
     results: Dict[str, dict] = {"checkpoint": str(ckpt), "split": args.split, "size": size,

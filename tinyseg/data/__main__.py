@@ -87,8 +87,10 @@ def _positive(text: str) -> int:
 
 def _filter_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filters (a preset, then any single setting overridden)")
-    g.add_argument("--preset", choices=sorted(FILTER_PRESETS), default="default",
-                   help="filter preset: default = 1-2 persons covering 20-70 %% of the image, "
+    g.add_argument("--filter", "--preset", dest="preset", choices=sorted(FILTER_PRESETS),
+                   default="default",
+                   help="filter preset (--filter, as in train and evaluate; --preset is the "
+                        "older name): default = 1-2 persons covering 20-70 %% of the image, "
                         "no crowd (the original write-up); wide = 1-2 persons covering "
                         "5-90 %%; all = every image with the category (default: %(default)s)")
     g.add_argument("--category", default=None,

@@ -20,8 +20,8 @@ entries, all named ``__…__`` so they can never clash with a parameter name:
 
 ``best.npz`` of a run is a *model checkpoint* (weights + ``__meta__``: about 0.6 MB for one
 ``tiramisu_tiny`` network, each ``member<k>/best.npz`` of the ``small`` preset, whose joined
-``best.npz`` is an ensemble file of 1.7 MB; 3.3 MB for ``tiramisu_small``; a run's ``best.npz`` is what ships as the
-bundled model); ``last.npz`` is a *training checkpoint* (all of the above).
+``best.npz`` is an ensemble file of 1.7 MB; 3.3 MB for ``tiramisu_small``; a run's
+``best.npz`` is what ships as the bundled model); ``last.npz`` is a *training checkpoint* (all of the above).
 :func:`load_model` opens either, or a plain
 ``Tiramisu.save`` file together with a separate mean/std.  Everything is written with
 :func:`tinyseg.io.atomic_save_npz`: an interrupted save leaves the previous file intact.

@@ -1,4 +1,5 @@
-"""What the commands (``train``, ``evaluate``, ``cutout``, ``ensemble``) share: exit codes, threads.
+"""What the commands (``train``, ``evaluate``, ``cutout``, ``ensemble``, ``data``, ``memory``)
+share: exit codes, one-line errors and warnings, threads.
 
 The commands follow one convention (README, "Commands"):
 

@@ -297,8 +297,8 @@ class DenseBlock(Layer):
     memory_efficient=True, rng=None, dtype=np.float32)``.
 
     ``(N, c₀, H, W) → (N, c₀ + L·k, H, W)``, or ``(N, L·k, H, W)`` with
-    ``new_features_only=True`` (the bottleneck and every up block but the last), where ``L = num_layers`` and
-    ``k = growth_rate``.  Layer ℓ (0-based) sees ``c₀ + ℓ·k`` channels: the block input and
+    ``new_features_only=True`` (the bottleneck and every up block but the last), where
+    ``L = num_layers`` and ``k = growth_rate``.  Layer ℓ (0-based) sees ``c₀ + ℓ·k`` channels: the block input and
     every earlier layer's output, concatenated.  Children: ``layers`` (a list of
     ``DenseLayer``), so parameters are named ``layers.<ℓ>.conv.weight`` and so on.
 

@@ -133,7 +133,8 @@ def _data_flags(p: argparse.ArgumentParser, size_default: int = 224) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tinyseg.data", description="Inspect, preview, benchmark and download the COCO person data.")
+        prog="python -m tinyseg.data",
+        description="Inspect, preview, benchmark and download the COCO person data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="images left after each filter step and per split",

@@ -24,8 +24,8 @@ A convolution can be computed two ways, and both are used:
 scatter when C > O (the Tiramisu's dense layers go from up to a few hundred channels down to
 the growth rate, 8-16 in the presets: 10-15x less memory traffic).  Strided convolutions
 gather; transposed convolutions scatter forward and gather backward; a 1×1 stride-1
-convolution is one matrix product.  Work goes image by image (and in blocks of rows on very large images, see
-``CHUNK_BYTES``), so temporaries stay bounded and are reused.
+convolution is one matrix product.  Work goes image by image (and in blocks of rows on very
+large images, see ``CHUNK_BYTES``), so temporaries stay bounded and are reused.
 
 **Threads.**  Images are independent, so a batch is split into one contiguous block of
 images per thread (``numba.get_num_threads()``, which ``--threads`` sets) and the blocks run

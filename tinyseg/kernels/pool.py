@@ -3,10 +3,10 @@
 Twins of ``tinyseg.reference.pool``; the equations, the ``int8`` arg-max encoding
 (``a = r·k + s``, position inside the window, row-major) and the tie / NaN rule (first
 maximum wins, NaN beats numbers, as in PyTorch) are described there.  One ``prange``
-iteration per ``(n, c)`` plane.  Requirements (the layer makes sure of
-them, and the public functions check them again): ``k ≤ 11``, ``x_shape`` a tuple of 4
-ints, ``H, W ≥ k``; ``x`` and ``dout`` C-contiguous (another layout is still correct but
-compiles one more specialisation).
+iteration per ``(n, c)`` plane.  Requirements (the layer makes sure of them, and the
+public functions check them again): ``k ≤ 11``, ``x_shape`` a tuple of 4 ints, ``H, W ≥
+k``; ``x`` and ``dout`` C-contiguous (another layout is still correct but compiles one more
+specialisation).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from tinyseg.reference import loss as reference
 # Tolerances: the kernel sums in a different order (per pixel, in parallel rows) and, in
 # float32, rounds some intermediates differently from NumPy, so results agree to a few ulps.
 # Relative tolerances: on the loss, and on dlogits relative to its largest entry (which is at
-# most 1/W_total, so an absolute bound would be loose on large images).  Observed: float32
+# most 1/w_sum, so an absolute bound would be loose on large images).  Observed: float32
 # 1.7e-7 (gradient), float64 6e-16 (loss) and 1.1e-16 (gradient).
 TOL = {np.float32: dict(loss=2e-6, grad=1e-6), np.float64: dict(loss=1e-14, grad=1e-14)}
 

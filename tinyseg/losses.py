@@ -1,12 +1,13 @@
 """Loss functions: softmax cross-entropy for per-pixel classification.
 
-For logits ``x`` (N, K, H, W) and targets ``t`` (N, H, W), pixel ``i`` contributes
+For logits ``x`` (N, K, H, W) and targets ``t`` (N, H, W), in the symbols of lesson 5 and
+``tinyseg.reference.loss`` (the readable twin of the kernel ``tinyseg.kernels.loss``)::
 
-    ℓ_i = −log softmax(x_i)_{t_i},      weighted by  w_i = weight[t_i]  (0 if ignored),
-
-and the loss is the weighted mean  L = Σ_i w_i ℓ_i / Σ_i w_i,  with gradient
-
-    ∂L/∂x_{i,k} = (w_i / Σ_j w_j) · (softmax(x_i)_k − [k == t_i]).
+    softmax          p_{i,k} = exp(x_{i,k} − m_i) / Σ_j exp(x_{i,j} − m_i),  m_i = max_j x_{i,j}
+    pixel loss       ℓ_i = −log p_{i,t_i}
+    pixel weight     w_i = weight[t_i], or 0 when t_i == ignore_index
+    mean loss        L = Σ_i w_i ℓ_i / w_sum,        w_sum = Σ_i w_i  (= M without weights)
+    gradient         ∂L/∂x_{i,k} = (w_i / w_sum) · (p_{i,k} − [k == t_i])
 
 This is exactly ``torch.nn.functional.cross_entropy(x, t, weight, ignore_index=...,
 reduction='mean')``: with class weights the mean divides by the *sum of the weights* of the

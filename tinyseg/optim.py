@@ -7,6 +7,8 @@ the size of its gradients:
     g = ∂L/∂θ + λ·θ,      v ← α·v + (1 − α)·g²,      θ ← θ − η · g / (√v + ε)
 
 (identical to ``torch.optim.RMSprop(params, lr=η, alpha=α, eps=ε, weight_decay=λ)``).
+The update runs in the kernel ``tinyseg.kernels.optim.rmsprop_step``; its readable twin is
+``tinyseg.reference.optim.rmsprop_step``.
 
 ``ExponentialLR`` multiplies the learning rate by γ once per epoch:  η_e = η_0 · γ^e
 (identical to ``torch.optim.lr_scheduler.ExponentialLR``).  The Tiramisu paper trains with

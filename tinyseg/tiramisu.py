@@ -1,6 +1,7 @@
 """The One Hundred Layers Tiramisu (FC-DenseNet, Jégou et al. 2017), built from tinyseg layers.
 
-Shapes are NCHW.  ``k`` is the growth rate, ``m`` the number of feature maps.
+Shapes are NCHW.  ``k`` is the growth rate, ``m`` the first convolution's filters
+(``first_filters``), ``c`` a number of channels (the symbols of lesson 7).
 
 **Dense layer** (``DenseLayer``): BatchNorm → ReLU → 3×3 convolution with ``k`` filters →
 Dropout.  It maps ``(N, c, H, W) → (N, k, H, W)``.
@@ -13,8 +14,8 @@ Dropout.  It maps ``(N, c, H, W) → (N, k, H, W)``.
                                                         the last up block (full output,
                                                         read by the final 1×1 conv)
 
-**Transition down** (``TransitionDown``): BatchNorm → ReLU → 1×1 convolution (``m → m``) →
-Dropout → 2×2 max-pool, ``(N, m, H, W) → (N, m, ⌊H/2⌋, ⌊W/2⌋)``.
+**Transition down** (``TransitionDown``): BatchNorm → ReLU → 1×1 convolution (``c → c``) →
+Dropout → 2×2 max-pool, ``(N, c, H, W) → (N, c, ⌊H/2⌋, ⌊W/2⌋)``.
 
 **Transition up** (``TransitionUp``): a 3×3 transposed convolution with stride 2 and no
 padding, ``H → 2H + 1``, centre-cropped to the skip connection's size and concatenated with
@@ -242,7 +243,11 @@ class DenseLayer(_NormReLUConv):
 
     Children (PyTorch names): ``norm`` (BatchNorm2d), ``relu``, ``conv`` (Conv2d 3×3,
     padding 1, with bias), ``drop`` (Dropout).  With ``memory_efficient=True`` the BN + ReLU
-    output is not kept but recomputed in ``backward``.
+    output is not kept but recomputed in ``backward``.  The computation is in
+    ``_NormReLUConv`` above: ``_forward_chain`` / ``_backward_chain`` (the children one after
+    the other) or ``_forward_recompute`` / ``_backward_recompute`` (the fused kernels of
+    ``tinyseg.kernels.norm``, and ``BatchNorm2d._update_running`` for the running
+    statistics).
     """
 
     def __init__(self, in_channels: int, growth_rate: int, dropout: float = 0.2,
@@ -265,7 +270,7 @@ class TransitionDown(_NormReLUConv):
     """``TransitionDown(channels, dropout=0.2, rng=None, dtype=np.float32,
     memory_efficient=True)``.
 
-    ``(N, m, H, W) → (N, m, ⌊H/2⌋, ⌊W/2⌋)``: BatchNorm → ReLU → 1×1 conv (m → m, with bias)
+    ``(N, c, H, W) → (N, c, ⌊H/2⌋, ⌊W/2⌋)``: BatchNorm → ReLU → 1×1 conv (c → c, with bias)
     → Dropout → 2×2 max-pool.  Children: ``norm``, ``relu``, ``conv``, ``drop``, ``pool``.
     """
 
@@ -298,16 +303,17 @@ class DenseBlock(Layer):
 
     ``(N, c₀, H, W) → (N, c₀ + L·k, H, W)``, or ``(N, L·k, H, W)`` with
     ``new_features_only=True`` (the bottleneck and every up block but the last), where
-    ``L = num_layers`` and ``k = growth_rate``.  Layer ℓ (0-based) sees ``c₀ + ℓ·k`` channels: the block input and
-    every earlier layer's output, concatenated.  Children: ``layers`` (a list of
-    ``DenseLayer``), so parameters are named ``layers.<ℓ>.conv.weight`` and so on.
+    ``L = num_layers`` and ``k = growth_rate``.  Layer ℓ = 1 … L (as in lesson 6) sees
+    ``c₀ + (ℓ−1)·k`` channels: the block input and every earlier layer's output,
+    concatenated.  Children: ``layers`` (a list of ``DenseLayer``, indexed from 0), so
+    parameters are named ``layers.0.conv.weight`` (layer 1) and so on.
 
     ``memory_efficient=True`` (default): one buffer ``(N, c₀ + L·k, H, W)`` per forward;
-    layer ℓ's input is the view ``buffer[:, :c₀ + ℓ·k]`` and its output goes to
-    ``buffer[:, c₀ + ℓ·k : c₀ + (ℓ+1)·k]``.  The returned array *is* that buffer (or its
+    layer ℓ's input is the view ``buffer[:, :c₀ + (ℓ−1)·k]`` and its output goes to
+    ``buffer[:, c₀ + (ℓ−1)·k : c₀ + ℓ·k]``.  The returned array *is* that buffer (or its
     view of the new channels): do not modify it before ``backward``.  Backward uses one
     gradient buffer of the same shape: the gradient of layer ℓ's output is complete once
-    every later layer has added its input gradient into ``dbuffer[:, :c₀ + ℓ'·k]``.
+    every later layer j > ℓ has added its input gradient into ``dbuffer[:, :c₀ + (j−1)·k]``.
 
     ``memory_efficient=False``: the textbook version, a new concatenation per layer.
     """
@@ -933,21 +939,21 @@ class Tiramisu(Layer):
 def _stages(model: Tiramisu, height: int, width: int, batch: int) -> List[dict]:
     """See :meth:`Tiramisu.stages`.
 
-    What each stage keeps until the backward pass, with ``P = N·H·W`` values per channel at
-    the stage's resolution, ``s`` bytes per float, 1 byte per boolean mask value (dropout,
-    ReLU) and per max-pool arg-max:
+    What each stage keeps until the backward pass, with ``M = N·H·W`` values per channel at
+    the stage's resolution, ``nbytes`` bytes per float, 1 byte per boolean mask value
+    (dropout, ReLU) and per max-pool arg-max:
 
     shared buffer (``memory_efficient=True``)
-      * dense block: its buffer, ``(c₀ + L·k)·P·s``, and the dropout masks, ``L·k·P``;
-      * transition down: dropout mask ``m·P`` and the pool's arg-max ``m·P/4``;
+      * dense block: its buffer, ``(c₀ + L·k)·M·nbytes``, and the dropout masks, ``L·k·M``;
+      * transition down: dropout mask ``c·M`` and the pool's arg-max ``c·M/4``;
       * transition up: nothing (it writes into the next block's buffer; its convolution
         keeps a reference to its input, the previous block's new maps, already counted);
       * first / final conv: nothing new (their inputs are kept by someone else).
     naive
-      * dense layer on ``c`` channels: the concatenation it reads (``c·P·s``, for layers after
-        the first), its ReLU mask ``c·P`` and ReLU output ``c·P·s`` (the convolution's input),
-        its dropout mask ``k·P``; plus the block's output: the last concatenation, or
-        ``[x₁ … x_L]`` for the bottleneck and up blocks;
+      * dense layer on ``c`` channels: the concatenation it reads (``c·M·nbytes``, for layers
+        after the first), its ReLU mask ``c·M`` and ReLU output ``c·M·nbytes`` (the
+        convolution's input), its dropout mask ``k·M``; plus the block's output: the last
+        concatenation, or ``[x₁ … x_L]`` for the bottleneck and up blocks;
       * transition down: ReLU mask and output, dropout mask, arg-max, and its pooled output
         (the next block's first input);
       * transition up: the concatenation ``[up, skip]``;
@@ -956,59 +962,59 @@ def _stages(model: Tiramisu, height: int, width: int, batch: int) -> List[dict]:
     Per-channel statistics (a few floats per channel) are left out.
     """
     cfg = model.config
-    s = model.dtype.itemsize
+    nbytes = model.dtype.itemsize
     k = cfg["growth_rate"]
     drop = 1 if cfg["dropout"] > 0 else 0
     step = 2 ** cfg["pools"]
     H = height + (-height % step)
     W = width + (-width % step)
-    pad_bytes = batch * cfg["in_channels"] * H * W * s if (H, W) != (height, width) else 0
+    pad_bytes = batch * cfg["in_channels"] * H * W * nbytes if (H, W) != (height, width) else 0
 
     def params(layer: Layer) -> int:
         return layer.num_parameters()
 
-    def block_kept(block: DenseBlock, P: int) -> Tuple[int, int]:
+    def block_kept(block: DenseBlock, M: int) -> Tuple[int, int]:
         c0, L = block.in_channels, block.num_layers
-        eff = block.total_channels * P * s + drop * L * k * P
+        eff = block.total_channels * M * nbytes + drop * L * k * M
         naive = 0
         for i in range(L):
             c = c0 + i * k
-            naive += (c * P * s if i > 0 else 0) + c * P * (1 + s) + drop * k * P
+            naive += (c * M * nbytes if i > 0 else 0) + c * M * (1 + nbytes) + drop * k * M
         if block.new_features_only:  # [x₁ … x_L]; the last concatenation is not kept
-            naive += L * k * P * s
+            naive += L * k * M * nbytes
         else:  # the last concatenation is the block's output
-            naive += block.total_channels * P * s
+            naive += block.total_channels * M * nbytes
         return eff, naive
 
     rows = []
     m = cfg["first_filters"]
-    P = batch * H * W
+    M = batch * H * W
     rows.append(dict(name="firstconv", out=(m, H, W), params=params(model.firstconv),
-                     kept_efficient=pad_bytes, kept_naive=pad_bytes + m * P * s))
+                     kept_efficient=pad_bytes, kept_naive=pad_bytes + m * M * nbytes))
     h, w = H, W
     for i, (block, down) in enumerate(zip(model.down_blocks, model.trans_down)):
-        P = batch * h * w
-        eff, naive = block_kept(block, P)
+        M = batch * h * w
+        eff, naive = block_kept(block, M)
         rows.append(dict(name=f"down_blocks.{i}", out=(block.out_channels, h, w),
                          params=params(block), kept_efficient=eff, kept_naive=naive))
         c = block.out_channels
         h, w = h // 2, w // 2
         q = batch * h * w
-        eff = drop * c * P + c * q
-        naive = c * P * (1 + s) + drop * c * P + c * q + c * q * s
+        eff = drop * c * M + c * q
+        naive = c * M * (1 + nbytes) + drop * c * M + c * q + c * q * nbytes
         rows.append(dict(name=f"trans_down.{i}", out=(c, h, w), params=params(down),
                          kept_efficient=eff, kept_naive=naive))
-    P = batch * h * w
-    eff, naive = block_kept(model.bottleneck, P)
+    M = batch * h * w
+    eff, naive = block_kept(model.bottleneck, M)
     rows.append(dict(name="bottleneck", out=(model.bottleneck.out_channels, h, w),
                      params=params(model.bottleneck), kept_efficient=eff, kept_naive=naive))
     for i, (up, block) in enumerate(zip(model.trans_up, model.up_blocks)):
         h, w = h * 2, w * 2
-        P = batch * h * w
+        M = batch * h * w
         rows.append(dict(name=f"trans_up.{i}", out=(block.in_channels, h, w),
                          params=params(up), kept_efficient=0,
-                         kept_naive=block.in_channels * P * s))
-        eff, naive = block_kept(block, P)
+                         kept_naive=block.in_channels * M * nbytes))
+        eff, naive = block_kept(block, M)
         rows.append(dict(name=f"up_blocks.{i}", out=(block.out_channels, h, w),
                          params=params(block), kept_efficient=eff, kept_naive=naive))
     rows.append(dict(name="finalconv", out=(cfg["num_classes"], height, width),

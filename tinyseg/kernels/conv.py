@@ -15,10 +15,11 @@ A convolution can be computed two ways, and both are used:
 
 * **gather** (classic im2col): ``Y = W₂ · im2col(X)``, ``W₂`` (O, C·kh·kw).  Temporary of
   C·kh·kw × Ho·Wo per image.
-* **scatter**: ``Z = W₂ᵀ · X`` (O·kh·kw × H·W), then ``Y = col2im(Z)``.  This is the
-  transposed convolution's forward pass; a stride-1 convolution is a stride-1 transposed
-  convolution with the kernel rotated 180° and padding k − 1 − P.  Temporary of
-  O·kh·kw × H·W per image.
+* **scatter**: ``Z = Wₛ · X`` (O·kh·kw × H·W), then ``Y = col2im(Z)``, where ``Wₛ`` is the
+  transposed convolution's weight (C, O, kh, kw) read as an (O·kh·kw) × C matrix (lesson
+  2's ``Wₛ``).  This is the transposed convolution's forward pass; a stride-1 convolution
+  is a stride-1 transposed convolution with the kernel rotated 180° and in / out swapped
+  (``_flip``) and padding k − 1 − P.  Temporary of O·kh·kw × H·W per image.
 
 ``conv2d`` with stride 1 takes the route with the smaller temporary: gather when C ≤ O,
 scatter when C > O (the Tiramisu's dense layers go from up to a few hundred channels down to
@@ -240,7 +241,7 @@ def _gather_backward(dout, x, weight, stride, P):
 
 
 def _scatter_forward(x, weight, stride, ph, pw, ho, wo):
-    """y[n] = col2im(W₂ᵀ · x[n]), R input rows at a time.  ``weight`` (C, O, kh, kw)."""
+    """y[n] = col2im(Wₛ · x[n]), R input rows at a time.  ``weight`` (C, O, kh, kw)."""
     N, C, H, W = x.shape
     _, O, kh, kw = weight.shape
     M = O * kh * kw

@@ -37,8 +37,8 @@ def _softmax_cross_entropy(logits, target, weight, ignore_index):
     N, K, H, W = logits.shape
     rows = N * H
 
-    # Pass 1 (targets only, cheap): W_total = Σ_i w_i.
-    total = 0.0
+    # Pass 1 (targets only, cheap): w_sum = Σ_i w_i.
+    w_sum = 0.0
     for r in prange(rows):
         n = r // H
         h = r - n * H
@@ -47,10 +47,10 @@ def _softmax_cross_entropy(logits, target, weight, ignore_index):
             t = target[n, h, c]
             if t != ignore_index:
                 acc += weight[t]
-        total += acc
+        w_sum += acc
 
     dlogits = np.zeros_like(logits)
-    if total == 0.0:
+    if w_sum == 0.0:
         return 0.0, dlogits
 
     # Pass 2: softmax, loss and gradient, row by row.
@@ -80,7 +80,7 @@ def _softmax_cross_entropy(logits, target, weight, ignore_index):
                 for k in range(K):
                     dlogits[n, k, h, c] = 0.0
             else:
-                coef = weight[t] / total
+                coef = weight[t] / w_sum
                 for k in range(K):
                     p = dlogits[n, k, h, c] / s[c]
                     if k == t:
@@ -88,4 +88,4 @@ def _softmax_cross_entropy(logits, target, weight, ignore_index):
                     dlogits[n, k, h, c] = coef * p
                 row_loss += weight[t] * (np.log(s[c]) + m[c] - logits[n, t, h, c])
         loss += row_loss
-    return loss / total, dlogits
+    return loss / w_sum, dlogits

@@ -95,14 +95,14 @@ def _backward_outputs(x, C):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _batchnorm2d_stats(x, c0, c1, eps, mean, invstd):
     n_, h_, w_ = x.shape[0], x.shape[2], x.shape[3]
-    m = n_ * h_ * w_
+    M = n_ * h_ * w_                    # values per channel
     for c in range(c0, c1):
         s = 0.0
         for n in range(n_):
             for i in range(h_):
                 for j in range(w_):
                     s += x[n, c, i, j]
-        mu = s / m
+        mu = s / M
         ss = 0.0
         for n in range(n_):
             for i in range(h_):
@@ -110,7 +110,7 @@ def _batchnorm2d_stats(x, c0, c1, eps, mean, invstd):
                     d = x[n, c, i, j] - mu
                     ss += d * d
         mean[c] = mu
-        invstd[c] = 1.0 / np.sqrt(ss / m + eps)
+        invstd[c] = 1.0 / np.sqrt(ss / M + eps)
 
 
 def _check(kernel, x, dout=None, empty_ok=False, **per_channel):
@@ -164,7 +164,7 @@ def batchnorm2d_forward(x, weight, bias, eps):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _batchnorm2d_backward(dout, x, c0, c1, mean, invstd, weight, dx, dweight, dbias):
     n_, h_, w_ = x.shape[0], x.shape[2], x.shape[3]
-    m = n_ * h_ * w_
+    M = n_ * h_ * w_                    # values per channel
     for c in range(c0, c1):
         mu = np.float64(mean[c])
         r = np.float64(invstd[c])
@@ -178,12 +178,12 @@ def _batchnorm2d_backward(dout, x, c0, c1, mean, invstd, weight, dx, dweight, db
                     sum_dy_xhat += dy * ((x[n, c, i, j] - mu) * r)
         dweight[c] = sum_dy_xhat
         dbias[c] = sum_dy
-        k = np.float64(weight[c]) * r / m
+        k = np.float64(weight[c]) * r / M
         for n in range(n_):
             for i in range(h_):
                 for j in range(w_):
                     xhat = (x[n, c, i, j] - mu) * r
-                    dx[n, c, i, j] = k * (m * np.float64(dout[n, c, i, j]) - sum_dy
+                    dx[n, c, i, j] = k * (M * np.float64(dout[n, c, i, j]) - sum_dy
                                           - xhat * sum_dy_xhat)
 
 
@@ -228,7 +228,7 @@ def batchnorm_relu_forward(x, mean, invstd, weight, bias):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _batchnorm_relu_backward(dout, x, c0, c1, mean, invstd, weight, bias, dx, dweight, dbias):
     n_, h_, w_ = x.shape[0], x.shape[2], x.shape[3]
-    m = n_ * h_ * w_
+    M = n_ * h_ * w_                    # values per channel
     for c in range(c0, c1):
         mu = np.float64(mean[c])
         r = np.float64(invstd[c])
@@ -245,13 +245,13 @@ def _batchnorm_relu_backward(dout, x, c0, c1, mean, invstd, weight, bias, dx, dw
                     sum_dz_xhat += dz * xhat
         dweight[c] = sum_dz_xhat
         dbias[c] = sum_dz
-        k = g * r / m
+        k = g * r / M
         for n in range(n_):
             for i in range(h_):
                 for j in range(w_):
                     xhat = (x[n, c, i, j] - mu) * r
                     dz = np.float64(dout[n, c, i, j]) if xhat * g + b > 0.0 else 0.0
-                    dx[n, c, i, j] = k * (m * dz - sum_dz - xhat * sum_dz_xhat)
+                    dx[n, c, i, j] = k * (M * dz - sum_dz - xhat * sum_dz_xhat)
 
 
 def batchnorm_relu_backward(dout, x, mean, invstd, weight, bias):

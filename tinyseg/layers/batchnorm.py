@@ -1,14 +1,18 @@
 """Batch normalisation over the channels of an NCHW tensor, like ``torch.nn.BatchNorm2d``.
 
-Training mode (batch statistics over ``N, H, W``, ``M = N·H·W`` values per channel)::
+Training mode (batch statistics over ``N, H, W``, ``M = N·H·W`` values per channel; the
+symbols of lesson 4 and ``tinyseg.reference.norm``)::
 
-    μ_B = (1/M) Σ x,   σ²_B = (1/M) Σ (x − μ_B)²                 (biased: used to normalise)
-    y   = γ · (x − μ_B) · (σ²_B + ε)^−½ + β
+    μ = (1/M) Σ x,   σ² = (1/M) Σ (x − μ)²                   (biased: used to normalise)
+    invstd = (σ² + ε)^−½,   x̂ = (x − μ) · invstd,   y = γ · x̂ + β
+
+    ∂L/∂β = Σ dy,   ∂L/∂γ = Σ dy · x̂
+    ∂L/∂x = γ · invstd / M · (M · dy − Σ dy − x̂ · Σ (dy · x̂))
 
 and the running statistics move towards the batch ones, with the *unbiased* variance::
 
-    running_mean ← (1 − m) · running_mean + m · μ_B
-    running_var  ← (1 − m) · running_var  + m · σ²_B · M / (M − 1)
+    running_mean ← (1 − m) · running_mean + m · μ
+    running_var  ← (1 − m) · running_var  + m · σ² · M / (M − 1)
 
 where ``m`` is ``momentum`` (or ``1 / num_batches_tracked`` when ``momentum=None``: a
 plain average over all batches seen, as in PyTorch).
@@ -85,12 +89,12 @@ class BatchNorm2d(Layer):
         w, b = self.params["weight"], self.params["bias"]
         if self.training:
             n, _, h, wd = x.shape
-            m = n * h * wd
-            if m < 2:
+            M = n * h * wd                       # values per channel
+            if M < 2:
                 raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when "
                                  f"training, got input shape {x.shape}")
             y, mean, invstd = batchnorm2d_forward(x, w, b, self.eps)
-            self._update_running(mean, invstd, m)
+            self._update_running(mean, invstd, M)
             self._cache = ("train", x, mean, invstd)
             return y
         # eval: the affine map with the running statistics (plain NumPy)
@@ -101,13 +105,13 @@ class BatchNorm2d(Layer):
         return (x - mean[:, None, None]) * invstd[:, None, None] * w[:, None, None] \
             + b[:, None, None]
 
-    def _update_running(self, mean: np.ndarray, invstd: np.ndarray, m: int) -> None:
+    def _update_running(self, mean: np.ndarray, invstd: np.ndarray, M: int) -> None:
         nbt = self.buffers["num_batches_tracked"]
         nbt += 1
         momentum = 1.0 / float(nbt) if self.momentum is None else self.momentum
         # the kernel returns invstd = (σ² + ε)^−½; recover the biased σ², then unbias it
         var = 1.0 / np.square(invstd.astype(np.float64)) - self.eps
-        var_unbiased = var * (m / (m - 1))
+        var_unbiased = var * (M / (M - 1))
         rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
         rm[...] = (1.0 - momentum) * rm + momentum * mean.astype(np.float64)
         rv[...] = (1.0 - momentum) * rv + momentum * var_unbiased

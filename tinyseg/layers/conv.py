@@ -12,6 +12,9 @@ output window at (i·s − P, j·s − P)::
     y[n, o, i·s+p−P, j·s+q−P] += Σ_c x[n,c,i,j] · w[c,o,p,q]      (then + b[o])
     Ho = (H − 1)·s − 2P + kh + output_padding
 
+equivalently ``y_full[n, o, i·s+p, j·s+q] += …`` on the uncropped grid, then ``y = y_full``
+with P rows and columns cropped from each side (the form of ``tinyseg.reference.conv``).
+
 It is the adjoint (the input gradient) of a ``Conv2d`` with the same weight, stride and
 padding, which is why it "undoes" the size change of a strided convolution: with kernel 3,
 stride 2, padding 1 and output_padding 1 the output is exactly twice the input.
@@ -143,8 +146,10 @@ class Conv2d(_ConvBase):
 
         ∂L/∂w[o,c,p,q] = Σ_n Σ_i Σ_j dout[n,o,i,j] · x_pad[n, c, i·s+p, j·s+q]
         ∂L/∂b[o]       = Σ_n Σ_i Σ_j dout[n,o,i,j]
-        ∂L/∂x          = the transposed convolution of dout with w (scatter each dout value
-                         back over its window), border cut off.
+        ∂L/∂x_pad[n,c,u,v] = Σ_o Σ_{i,p: i·s+p=u} Σ_{j,q: j·s+q=v} w[o,c,p,q] · dout[n,o,i,j]
+
+    then ∂L/∂x is ∂L/∂x_pad with its border of P cut off: the transposed convolution of dout
+    with w (each dout value scattered back over its window).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
@@ -218,11 +223,12 @@ class ConvTranspose2d(_ConvBase):
 
     Backward::
 
-        ∂L/∂x[n,c,i,j] = Σ_o Σ_p Σ_q w[c,o,p,q] · dout_full[n, o, i·s+p, j·s+q]  (Conv2d)
-        ∂L/∂w[c,o,p,q] = Σ_n Σ_i Σ_j x[n,c,i,j] · dout_full[n, o, i·s+p, j·s+q]
-        ∂L/∂b[o]       = Σ_n Σ_a Σ_e dout[n,o,a,e]
+        ∂L/∂x[n,c,i,j] = Σ_o Σ_p Σ_q w[c,o,p,q] · dy_full[n, o, i·s+p, j·s+q]  (a Conv2d)
+        ∂L/∂w[c,o,p,q] = Σ_n Σ_i Σ_j x[n,c,i,j] · dy_full[n, o, i·s+p, j·s+q]
+        ∂L/∂b[o]       = Σ_n Σ_a Σ_e dout[n,o,a,e]       (a, e: the output's rows, columns)
 
-    with ``dout_full`` = dout shifted by P into the uncropped output grid (zeros elsewhere).
+    with ``dy_full`` = dout shifted by P into the uncropped output grid (zeros elsewhere),
+    named as in ``tinyseg.reference.conv``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,

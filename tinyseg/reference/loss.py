@@ -3,16 +3,17 @@
 Symbols, for logits ``x`` of shape (N, K, H, W) and integer targets ``t`` of shape (N, H, W):
 one pixel ``i = (n, h, w)`` has K scores ``x_{i,k}`` and a class ``t_i``.
 
-    softmax          p_{i,k} = exp(x_{i,k} − m_i) / Σ_j exp(x_{i,j} − m_i),  m_i = max_j x_{i,j}
-    pixel loss       ℓ_i = −log p_{i,t_i} = log Σ_j exp(x_{i,j} − m_i) + m_i − x_{i,t_i}
+    softmax          p_{i,k} = exp(x_{i,k} − m_i) / s_i,  m_i = max_j x_{i,j},
+                     s_i = Σ_j exp(x_{i,j} − m_i)
+    pixel loss       ℓ_i = −log p_{i,t_i} = log s_i + m_i − x_{i,t_i}
     pixel weight     w_i = weight[t_i], or 0 when t_i == ignore_index
-    mean loss        L = Σ_i w_i ℓ_i / W,        W = Σ_i w_i
-    gradient         ∂L/∂x_{i,k} = (w_i / W) · (p_{i,k} − [k == t_i])
+    mean loss        L = Σ_i w_i ℓ_i / w_sum,        w_sum = Σ_i w_i  (= M without weights)
+    gradient         ∂L/∂x_{i,k} = (w_i / w_sum) · (p_{i,k} − [k == t_i])
 
 Subtracting the maximum ``m_i`` changes nothing mathematically (it cancels) but keeps every
 ``exp`` in [0, 1], so logits of ±1e4 neither overflow nor lose the answer.
 
-When ``W == 0`` (every pixel ignored, or only zero-weight classes present) PyTorch returns
+When ``w_sum == 0`` (every pixel ignored, or only zero-weight classes present) PyTorch returns
 ``nan``; tinyseg returns a loss of 0.0 and a zero gradient, so one empty batch cannot poison a
 training run with nan weights.
 """
@@ -53,18 +54,18 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.nda
     valid = target != ignore_index
     t = np.where(valid, target, 0)
     w = np.where(valid, weight[t], 0.0)              # (N, H, W) float64
-    total = w.sum()
+    w_sum = w.sum()
 
     dlogits = np.zeros_like(x)
-    if total == 0:
+    if w_sum == 0:
         return 0.0, dlogits
 
     # ℓ_i = log s_i + m_i − x_{i, t_i}
     x_t = np.take_along_axis(x, t[:, None], axis=1)[:, 0]
     nll = np.log(s[:, 0]) + m[:, 0] - x_t            # (N, H, W)
-    loss = float(np.sum(w * nll) / total)
+    loss = float(np.sum(w * nll) / w_sum)
 
-    # (w_i / W) (p_{i,k} − [k == t_i])
+    # (w_i / w_sum) (p_{i,k} − [k == t_i])
     onehot = np.arange(K)[None, :, None, None] == t[:, None]
-    dlogits[...] = (w / total)[:, None] * (p - onehot)
+    dlogits[...] = (w / w_sum)[:, None] * (p - onehot)
     return loss, dlogits

@@ -95,12 +95,12 @@ def batchnorm2d_backward(dout: np.ndarray, x: np.ndarray, mean: np.ndarray,
 
 def _bn_backward(dy: np.ndarray, x, mean, invstd, weight):
     n, _, h, w = x.shape
-    m = n * h * w
+    M = n * h * w                                  # values per channel
     xhat = _xhat(x, mean, invstd)
     sum_dy = dy.sum(axis=(0, 2, 3))
     sum_dy_xhat = (dy * xhat).sum(axis=(0, 2, 3))
-    scale = _per_channel(weight) * _per_channel(invstd) / m
-    dx = scale * (m * dy - _per_channel(sum_dy) - xhat * _per_channel(sum_dy_xhat))
+    scale = _per_channel(weight) * _per_channel(invstd) / M
+    dx = scale * (M * dy - _per_channel(sum_dy) - xhat * _per_channel(sum_dy_xhat))
     return dx.astype(x.dtype), sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
 
 

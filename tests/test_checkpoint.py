@@ -1,5 +1,6 @@
 """Checkpoints: model files with mean/std/size, training files that resume exactly."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,6 +68,32 @@ def test_plain_weight_file_needs_mean_std_size(tmp_path):
         load_model(tmp_path / "plain.npz")
     loaded, info = load_model(tmp_path / "plain.npz", mean=MEAN, std=STD, size=48)
     assert info["size"] == 48
+
+
+@pytest.mark.parametrize("meta, says", [
+    ({"size": 32, "mean": [0.5, 0.5], "std": [0.2] * 3}, "damaged metadata (mean"),
+    ({"size": 0, "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata (size 0"),
+    ({"size": "abc", "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata"),
+    ({"size": 32, "mean": [0.5] * 3, "std": [0, 0, 0]}, "damaged metadata (std"),
+    ([1, 2], "damaged metadata (not a JSON object)"),
+    ({"size": 32, "std": [0.2] * 3}, "no mean stored; use a checkpoint"),
+])
+def test_damaged_metadata_is_named(tmp_path, meta, says):
+    """Each was a bare ValueError, AttributeError or reshape error in evaluate and cutout,
+    and the ensemble command joined such files without a word."""
+    from tinyseg.ensemble import save_ensemble
+    path = tmp_path / "m.npz"
+    _model().save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=re.escape(says)):
+        load_model(path)
+    if says.startswith("damaged"):
+        with pytest.raises(CheckpointError, match="damaged metadata"):
+            save_ensemble(tmp_path / "e.npz", [path, path])
+        assert not (tmp_path / "e.npz").exists()
 
 
 def test_bad_files_are_refused_with_the_name(tmp_path):

@@ -431,3 +431,51 @@ def test_kill_or_a_closed_terminal_stops_every_member_like_ctrl_c(data, tmp_path
     done = [(run / f"member{k}" / "log.jsonl").read_text().count("\n") for k in range(2)]
     assert all(1 <= d < 50 for d in done), done
     assert all((run / f"member{k}" / "last.npz").is_file() for k in range(2))
+
+
+def test_a_damaged_ensemble_run_is_named_and_nothing_is_left_running(data, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Each of these was a traceback, or left a member training after the command ended."""
+    import shutil
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    good = tmp_path / "good"
+    assert run_main(main, "tinyseg.train", run_args(data, good, "--members", "2",
+                                                    "--no-test")) == 0
+    capsys.readouterr()
+
+    def resume(name, change):
+        run = tmp_path / name
+        shutil.copytree(good, run)
+        change(run)
+        code = run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith("tinyseg.train: error: "), err
+        assert len(err.strip().splitlines()) == 1, err
+        assert _processes_writing_to(run) == []
+        return err
+
+    def manifest(run, change):
+        m = json.loads((run / "ensemble.json").read_text())
+        change(m)
+        (run / "ensemble.json").write_text(json.dumps(m))
+
+    assert "damaged" in resume("a", lambda r: (r / "ensemble.json").write_text("{}"))
+    assert "damaged" in resume("b", lambda r: manifest(r, lambda m: m["train"].pop("data")))
+
+    def unfinished_file(r):                 # member 1 not done, and a file where it should be
+        shutil.rmtree(r / "member1")
+        (r / "member1").write_text("not a directory")
+        (r / "best.npz").unlink()
+    assert "a file where member 1's run directory should be" in resume("c", unfinished_file)
+
+    def no_last(r):
+        (r / "member1" / "last.npz").unlink()
+        (r / "member1" / "log.jsonl").write_text("")       # as if it had stopped early
+        (r / "best.npz").unlink()
+    assert "member 1 has no last.npz to continue from" in resume("d", no_last)
+
+    def no_best(r):
+        (r / "member1" / "best.npz").unlink()
+        (r / "best.npz").unlink()
+    assert "cannot join the members" in resume("e", no_best)

@@ -21,7 +21,8 @@ entries, all named ``__…__`` so they can never clash with a parameter name:
 ``best.npz`` of a run is a *model checkpoint* (weights + ``__meta__``: about 0.6 MB for one
 ``tiramisu_tiny`` network, each ``member<k>/best.npz`` of the ``small`` preset, whose joined
 ``best.npz`` is an ensemble file of 1.7 MB; 3.3 MB for ``tiramisu_small``; a run's
-``best.npz`` is what ships as the bundled model); ``last.npz`` is a *training checkpoint* (all of the above).
+``best.npz`` is what ships as the bundled model); ``last.npz`` is a *training checkpoint*
+(all of the above).
 :func:`load_model` opens either, or a plain
 ``Tiramisu.save`` file together with a separate mean/std.  Everything is written with
 :func:`tinyseg.io.atomic_save_npz`: an interrupted save leaves the previous file intact.
@@ -150,6 +151,8 @@ def read(path: PathLike) -> Tuple[dict, Dict[str, np.ndarray], dict, Optional[di
         state = json.loads(str(data.pop(STATE))) if STATE in data else None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: damaged metadata ({e})") from None
+    if not isinstance(meta, dict) or not (state is None or isinstance(state, dict)):
+        raise CheckpointError(f"{path}: damaged metadata (not a JSON object)")
     optim = {k[len(OPTIM):]: data.pop(k) for k in list(data) if k.startswith(OPTIM)}
     unknown = [k for k in data if k.startswith("__") and k not in _RESERVED]
     if unknown:
@@ -171,6 +174,25 @@ def build_model(config: dict, state: Dict[str, np.ndarray], path: PathLike = "",
         raise CheckpointError(f"{path}: the weights do not fit the stored configuration "
                               f"({e})") from None
     return model
+
+
+def checked_normalisation(path, info: dict):
+    """``(size, mean, std)`` of a checkpoint's metadata, checked: a positive integer size,
+    three finite means, three positive finite stds (``CheckpointError`` otherwise)."""
+    try:
+        size = info["size"]
+        if isinstance(size, bool) or int(size) != size or int(size) < 1:
+            raise ValueError(f"size {size!r}")
+        mean = np.asarray(info["mean"], dtype=np.float32)
+        std = np.asarray(info["std"], dtype=np.float32)
+        if mean.shape != (3,) or not np.all(np.isfinite(mean)):
+            raise ValueError(f"mean {info['mean']!r}")
+        if std.shape != (3,) or not np.all(np.isfinite(std)) or np.any(std <= 0):
+            raise ValueError(f"std {info['std']!r}")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged metadata ({e}: the training size must be a "
+                              f"positive integer, mean and std three numbers, std > 0)") from None
+    return int(size), mean, std
 
 
 def load_model(path: PathLike, mean=None, std=None, size: Optional[int] = None
@@ -197,12 +219,11 @@ def load_model(path: PathLike, mean=None, std=None, size: Optional[int] = None
             info[key] = value
     missing = [k for k in ("size", "mean", "std") if k not in info]
     if missing:
-        raise CheckpointError(f"{path}: no {', '.join(missing)} stored: a plain weight file; "
-                              "use a checkpoint written by 'python -m tinyseg.train' "
+        raise CheckpointError(f"{path}: no {', '.join(missing)} stored" +
+                              (": a plain weight file" if len(missing) == 3 else "") +
+                              "; use a checkpoint written by 'python -m tinyseg.train' "
                               "(best.npz or last.npz)")
-    info["size"] = int(info["size"])
-    info["mean"] = np.asarray(info["mean"], dtype=np.float32).reshape(3)
-    info["std"] = np.asarray(info["std"], dtype=np.float32).reshape(3)
+    info["size"], info["mean"], info["std"] = checked_normalisation(path, info)
     if model is None:
         model = build_model(config, weights, path)
     model.eval()

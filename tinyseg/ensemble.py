@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .checkpoint import META as _META, CheckpointError, build_model
+from .checkpoint import (META as _META, CheckpointError, build_model, checked_normalisation,
+                         read)
 from .cli import HelpFormatter, UserError, run_main
 from .io import atomic_save_npz, read_npz
 from .tiramisu import FORMAT_VERSION
@@ -124,7 +125,8 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
         if "__format__" not in data or _META not in data:
             raise CheckpointError(f"{mp}: not a model checkpoint (best.npz or last.npz of a "
                                   f"run)")
-        m = json.loads(str(data[_META]))
+        m = read(mp)[2]              # the checks load_model makes: format version, metadata
+        checked_normalisation(mp, m)
         key = {n: m.get(n) for n in ("size", "mean", "std")}
         if meta is None:
             meta = m
@@ -193,7 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = save_ensemble(args.out, args.members)
     except CheckpointError as e:
         raise UserError(str(e)) from None
-    print(f"{path}: an ensemble of {len(args.members)} networks")
+    print(f"{path}: an ensemble of {len(args.members)} network"
+          + ("s" if len(args.members) != 1 else ""))
     return 0
 
 

@@ -117,11 +117,19 @@ def resume_ensemble(run_dir: Path, *, jobs: Optional[int], threads: Optional[int
                     data: Optional[str] = None) -> int:
     """Go on with the ensemble run in ``run_dir`` (``--resume``); ``data``: the data
     directory if it has moved since (every member and the final scoring use it)."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()           # the joined file names its members by it
     try:
         manifest = json.loads((run_dir / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{run_dir / MANIFEST}: cannot read it ({e})") from None
+    if not (isinstance(manifest, dict)
+            and all(k in manifest for k in ("members", "jobs", "threads", "train",
+                                             "member_commands"))
+            and isinstance(manifest["train"], dict) and "data" in manifest["train"]
+            and isinstance(manifest["member_commands"], list)
+            and len(manifest["member_commands"]) == manifest["members"]):
+        raise UserError(f"{run_dir / MANIFEST}: damaged (members, jobs, threads, train or "
+                        f"member_commands missing or inconsistent); cannot resume from it")
     if jobs is not None or threads is not None:
         jobs, total = split_threads(threads, jobs, manifest["members"])
         manifest.update(jobs=jobs, threads=total)
@@ -171,6 +179,13 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
     outputs: Dict[int, object] = {}
     failed: Optional[int] = None
     stopped = False
+    for k in pending:                           # what no member could start from
+        d = member_dir(run_dir, k)
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d}: a file where member {k}'s run directory should be")
+        if (d / "config.json").is_file() and not (d / "last.npz").is_file():
+            raise UserError(f"{d}: member {k} has no last.npz to continue from; delete {d} "
+                            f"and --resume again to train that member from the start")
     start_epochs = sum(min(_epochs_done(member_dir(run_dir, k)), E) for k in range(K))
     t0 = time.perf_counter()
     report(f"ensemble of {K} members (seeds {cfg.seed}-{cfg.seed + K - 1}), {jobs} at a "
@@ -236,6 +251,11 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
             stop_all()
             for p in running.values():
                 p.wait()
+    except BaseException:                   # anything else: no member is left training alone
+        stop_all()
+        for p in running.values():
+            p.wait()
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -264,14 +284,18 @@ def _last_record(d: Path) -> dict:
 def _join(run_dir: Path, manifest: dict, cfg, cache: Optional[str], no_test: bool,
           seconds: float) -> int:
     """Write RUN/best.npz (the ensemble), its validation IoU and the test figures."""
-    from .checkpoint import load_model
+    from .checkpoint import CheckpointError, load_model
     from .data.cache import load_split
     from .ensemble import save_ensemble
     from .evaluate import evaluate_dataset
     from .train import _clock, write_test_report
     K = int(manifest["members"])
     paths = [member_dir(run_dir, k) / "best.npz" for k in range(K)]
-    best = save_ensemble(run_dir / "best.npz", paths)
+    try:
+        best = save_ensemble(run_dir / "best.npz", paths)
+    except CheckpointError as e:
+        raise UserError(f"cannot join the members ({e}); delete that member's directory and "
+                        f"--resume {run_dir} to train it again") from None
     model, info = load_model(best)
     val = load_split(cfg.data, "val", cfg.size, cfg.filters(), cache, progress=False)
     n = len(val) if cfg.val_limit is None else min(cfg.val_limit, len(val))

@@ -60,3 +60,16 @@ def test_skipped_images_are_a_plain_warning_line(capsys):
     assert run_main(main, "tinyseg.train") == 0
     assert capsys.readouterr().err == \
         "tinyseg.train: warning: 2 unreadable images skipped: a.jpg, b.jpg\n"
+
+
+def test_atomic_writes_name_a_folder_in_the_way(tmp_path):
+    """The rename at the end failed naming the temporary file ('x.7tgd.tmp -> x')."""
+    import numpy as np
+    from tinyseg.io import atomic_save_npz, atomic_write_bytes
+    (tmp_path / "x.npz").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_save_npz(tmp_path / "x.npz", {"a": np.zeros(1)})
+    assert e.value.filename == str(tmp_path / "x.npz")
+    with pytest.raises(IsADirectoryError):
+        atomic_write_bytes(tmp_path / "x.npz", b"")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]       # no temporary file left

@@ -286,3 +286,11 @@ def test_image_url_rewriting():
 
 def test_download_is_a_data_error():
     assert issubclass(dl.DownloadError, DataError)
+
+
+def test_a_folder_at_a_files_name_fails_at_once(tmp_path):
+    """It was downloaded three times and then reported as a network failure."""
+    dest = tmp_path / "annotations_trainval2017.zip"
+    dest.mkdir()
+    with pytest.raises(DataError, match="exists and is not a file; move it away"):
+        dl.fetch("http://127.0.0.1:9/never-asked.zip", dest, retries=3, backoff=0)

@@ -8,6 +8,7 @@ a broken one.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -25,10 +26,19 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
+def _writable(path: PathLike) -> Path:
+    """``path`` as a Path, its folder made; an existing folder of that name is refused here,
+    by name (else the rename at the end fails naming the temporary file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_save_npz(path: PathLike, arrays: Dict[str, np.ndarray], compressed: bool = True) -> Path:
     """Write ``arrays`` to ``path`` (an ``.npz``) via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -67,8 +77,7 @@ def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1056,7 +1056,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             given = _resume_changes(args, parser, Path(args.resume))
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when "
-                                "resuming (the run's config.json decides it)")
+                                "resuming (the run's saved config decides it)")
             if (Path(args.resume) / ENSEMBLE_MANIFEST).is_file():
                 if args.epochs is not None or args.max_minutes is not None:
                     raise UserError("--epochs and --max-minutes cannot be given when resuming "

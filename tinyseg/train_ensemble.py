@@ -188,7 +188,7 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
                             f"and --resume again to train that member from the start")
     start_epochs = sum(min(_epochs_done(member_dir(run_dir, k)), E) for k in range(K))
     t0 = time.perf_counter()
-    report(f"ensemble of {K} members (seeds {cfg.seed}-{cfg.seed + K - 1}), {jobs} at a "
+    report(f"ensemble of {K} members (seeds {cfg.seed}-{cfg.seed + K - 1}), {min(jobs, K)} at a "
            f"time on {manifest['threads']} thread(s); "
            f"{K - len(pending)} already done; writing to {run_dir}", True)
 

@@ -360,7 +360,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        print(f"{PROG} {args.command}: interrupted"
+              + ("; run the same command again to resume the download"
+                 if args.command == "download" else ""), file=sys.stderr)
         return 130
 
 

@@ -85,6 +85,9 @@ def fetch(url: str, dest: PathLike, verify: Optional[Callable[[Path], None]] = N
     dest = Path(dest)
     if dest.is_file():
         return dest
+    if dest.exists():                           # a folder at the file's name: no retry helps
+        raise DownloadError(f"{dest}: exists and is not a file; move it away and run the "
+                            f"command again")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     last = "no attempt"
@@ -112,8 +115,9 @@ def fetch(url: str, dest: PathLike, verify: Optional[Callable[[Path], None]] = N
             last = f"HTTP {e.code} {e.reason}"
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             last = str(getattr(e, "reason", e)) or type(e).__name__
-    raise DownloadError(f"{url}: failed after {max(1, retries)} attempts ({last}); run the "
-                        "command again to resume")
+    tries = max(1, retries)
+    raise DownloadError(f"{url}: failed after {tries} attempt{'s' if tries != 1 else ''} "
+                        f"({last}); run the command again to resume")
 
 
 def _fetch_once(url: str, part: Path, timeout: float,

@@ -183,8 +183,8 @@ class _NormReLUConv(Layer):
 
     def _forward_recompute(self, x: np.ndarray) -> np.ndarray:
         mean, invstd, batch = self._statistics(x)
-        g, b = self.norm.params["weight"], self.norm.params["bias"]
-        h = batchnorm_relu_forward(x, mean, invstd, g, b)
+        gamma, beta = self.norm.params["weight"], self.norm.params["bias"]
+        h = batchnorm_relu_forward(x, mean, invstd, gamma, beta)
         y = conv2d_forward(h, self.conv.params["weight"], self.conv.params["bias"], 1,
                            self.padding)
         del h  # not kept: backward computes it again
@@ -193,22 +193,22 @@ class _NormReLUConv(Layer):
 
     def _backward_recompute(self, dout: np.ndarray) -> np.ndarray:
         x, mean, invstd, batch = self._saved
-        g, b = self.norm.params["weight"], self.norm.params["bias"]
+        gamma, beta = self.norm.params["weight"], self.norm.params["bias"]
         dy = self.drop.backward(dout)
-        h = batchnorm_relu_forward(x, mean, invstd, g, b)  # recomputed, same bits as forward
-        dh, dw, dbias = conv2d_backward(dy, h, self.conv.params["weight"], 1, self.padding)
+        h = batchnorm_relu_forward(x, mean, invstd, gamma, beta)  # recomputed, same bits as forward
+        dh, dw, db = conv2d_backward(dy, h, self.conv.params["weight"], 1, self.padding)
         del h, dy
         self.conv.grads["weight"] += dw
-        self.conv.grads["bias"] += dbias
+        self.conv.grads["bias"] += db
         if batch:
-            dx, dg, db = batchnorm_relu_backward(dh, x, mean, invstd, g, b)
+            dx, dgamma, dbeta = batchnorm_relu_backward(dh, x, mean, invstd, gamma, beta)
         else:  # running statistics: BN is the affine map γ·(x − μ)·invstd + β
             xhat = (x - mean[:, None, None]) * invstd[:, None, None]
-            dz = dh * ((xhat * g[:, None, None] + b[:, None, None]) > 0)
-            dg, db = np.sum(dz * xhat, axis=(0, 2, 3)), np.sum(dz, axis=(0, 2, 3))
-            dx = dz * (g * invstd)[:, None, None]
-        self.norm.grads["weight"] += dg
-        self.norm.grads["bias"] += db
+            dz = dh * ((xhat * gamma[:, None, None] + beta[:, None, None]) > 0)
+            dgamma, dbeta = np.sum(dz * xhat, axis=(0, 2, 3)), np.sum(dz, axis=(0, 2, 3))
+            dx = dz * (gamma * invstd)[:, None, None]
+        self.norm.grads["weight"] += dgamma
+        self.norm.grads["bias"] += dbeta
         return dx
 
     # -- the Layer interface ------------------------------------------------------------------
@@ -430,36 +430,37 @@ class DenseBlock(Layer):
 
     # -- naive path -------------------------------------------------------------------------------
     def _forward_naive(self, x: np.ndarray) -> np.ndarray:
-        stack, new = x, []
+        # lesson 6's words: layer ℓ reads input_ℓ = [x₀, …, x_{ℓ−1}] and writes x_ℓ
+        input_l, new = x, []
         for layer in self.layers:
-            y = layer.forward(stack)
-            new.append(y)
-            stack = concat([stack, y])  # a new array: x₀ … x_ℓ copied once more
+            x_l = layer.forward(input_l)
+            new.append(x_l)
+            input_l = concat([input_l, x_l])  # a new array: x₀ … x_ℓ copied once more
         self._naive_sizes = [self.in_channels] + [self.growth_rate] * self.num_layers
-        return concat(new) if self.new_features_only else stack
+        return concat(new) if self.new_features_only else input_l
 
     def _backward_naive(self, dout: np.ndarray) -> np.ndarray:
         if self._naive_sizes is None:
             raise ValueError("DenseBlock: backward called before forward")
         k = self.growth_rate
         if self.new_features_only:
-            d_new = split_grad(dout, [k] * self.num_layers)  # from concat(new)
-            dstack = None  # the last stack is not used: no gradient
+            dx_new = split_grad(dout, [k] * self.num_layers)  # from concat(new)
+            d_input = None  # the last concatenation is not used: no gradient
         else:
-            d_new = [None] * self.num_layers
-            dstack = dout
-        for i in reversed(range(self.num_layers)):
+            dx_new = [None] * self.num_layers
+            d_input = dout
+        for i in reversed(range(self.num_layers)):      # layer ℓ = i + 1
             c = self.in_channels + i * k
-            if dstack is None:
-                d_prev, d_y = None, d_new[i]
-            else:  # stack_{i+1} = [stack_i, y_i]
-                d_prev, d_y = split_grad(dstack, [c, k])
-                if d_new[i] is not None:
-                    d_y = d_y + d_new[i]
-            dx = self.layers[i].backward(d_y)
-            dstack = dx if d_prev is None else d_prev + dx
+            if d_input is None:
+                d_before, dx_l = None, dx_new[i]
+            else:  # input_{ℓ+1} = [input_ℓ, x_ℓ]: split its gradient in two
+                d_before, dx_l = split_grad(d_input, [c, k])
+                if dx_new[i] is not None:
+                    dx_l = dx_l + dx_new[i]
+            d_layer_input = self.layers[i].backward(dx_l)
+            d_input = d_layer_input if d_before is None else d_before + d_layer_input
         self._naive_sizes = None
-        return dstack
+        return d_input
 
     def __repr__(self) -> str:
         return (f"DenseBlock({self.in_channels}, growth_rate={self.growth_rate}, "

@@ -1,7 +1,7 @@
 """Max pooling (window ``k × k``, stride ``k``): numba kernels.
 
 Twins of ``tinyseg.reference.pool``; the equations, the ``int8`` arg-max encoding
-(``a = r·k + s``, position inside the window, row-major) and the tie / NaN rule (first
+(``a = p·k + q``, position inside the window, row-major) and the tie / NaN rule (first
 maximum wins, NaN beats numbers, as in PyTorch) are described there.  One ``prange``
 iteration per ``(n, c)`` plane.  Requirements (the layer makes sure of them, and the
 public functions check them again): ``k ≤ 11``, ``x_shape`` a tuple of 4 ints, ``H, W ≥
@@ -26,7 +26,7 @@ def _window(kernel, k, h, w):
 
 
 def maxpool2d_forward(x, k):
-    """``(y, argmax)``: ``y[n, c, i, j] = max_{r,s} x[n, c, i·k + r, j·k + s]``."""
+    """``(y, argmax)``: ``y[n, c, i, j] = max_{p,q} x[n, c, i·k + p, j·k + q]``."""
     array("maxpool2d_forward", "x", x, (None,) * 4)
     return _maxpool2d_forward(x, _window("maxpool2d_forward", k, x.shape[2], x.shape[3]))
 
@@ -54,19 +54,19 @@ def _maxpool2d_forward(x, k):
     ho, wo = h_ // k, w_ // k
     y = np.empty((n_, c_, ho, wo), dtype=x.dtype)
     argmax = np.empty((n_, c_, ho, wo), dtype=np.int8)
-    for p in prange(n_ * c_):
-        n = p // c_
-        c = p % c_
+    for plane in prange(n_ * c_):
+        n = plane // c_
+        c = plane % c_
         for i in range(ho):
             for j in range(wo):
                 best = -np.inf
                 a = 0
-                for r in range(k):
-                    for s in range(k):
-                        v = x[n, c, i * k + r, j * k + s]
+                for p in range(k):
+                    for q in range(k):
+                        v = x[n, c, i * k + p, j * k + q]
                         if v > best or np.isnan(v):
                             best = v
-                            a = r * k + s
+                            a = p * k + q
                 y[n, c, i, j] = best
                 argmax[n, c, i, j] = a
     return y, argmax
@@ -76,9 +76,9 @@ def _maxpool2d_forward(x, k):
 def _maxpool2d_backward(dout, argmax, x_shape, k):
     n_, c_, ho, wo = dout.shape
     dx = np.zeros(x_shape, dtype=dout.dtype)
-    for p in prange(n_ * c_):
-        n = p // c_
-        c = p % c_
+    for plane in prange(n_ * c_):
+        n = plane // c_
+        c = plane % c_
         for i in range(ho):
             for j in range(wo):
                 a = np.int64(argmax[n, c, i, j])

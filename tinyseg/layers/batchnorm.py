@@ -86,14 +86,14 @@ class BatchNorm2d(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check(x)
         x = np.ascontiguousarray(x)
-        w, b = self.params["weight"], self.params["bias"]
+        gamma, beta = self.params["weight"], self.params["bias"]      # γ, β
         if self.training:
             n, _, h, wd = x.shape
             M = n * h * wd                       # values per channel
             if M < 2:
                 raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when "
                                  f"training, got input shape {x.shape}")
-            y, mean, invstd = batchnorm2d_forward(x, w, b, self.eps)
+            y, mean, invstd = batchnorm2d_forward(x, gamma, beta, self.eps)
             self._update_running(mean, invstd, M)
             self._cache = ("train", x, mean, invstd)
             return y
@@ -102,8 +102,8 @@ class BatchNorm2d(Layer):
         invstd = (1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
                   ).astype(self.dtype)
         self._cache = ("eval", x, mean, invstd)
-        return (x - mean[:, None, None]) * invstd[:, None, None] * w[:, None, None] \
-            + b[:, None, None]
+        return (x - mean[:, None, None]) * invstd[:, None, None] * gamma[:, None, None] \
+            + beta[:, None, None]
 
     def _update_running(self, mean: np.ndarray, invstd: np.ndarray, M: int) -> None:
         nbt = self.buffers["num_batches_tracked"]
@@ -126,16 +126,16 @@ class BatchNorm2d(Layer):
         if dout.dtype.kind != "f":
             raise ValueError(f"BatchNorm2d: expected a float dout, got {dout.dtype}")
         dout = np.ascontiguousarray(dout, dtype=x.dtype)
-        w = self.params["weight"]
+        gamma = self.params["weight"]
         if mode == "train":
-            dx, dw, db = batchnorm2d_backward(dout, x, mean, invstd, w)
+            dx, dgamma, dbeta = batchnorm2d_backward(dout, x, mean, invstd, gamma)
         else:
             xhat = (x - mean[:, None, None]) * invstd[:, None, None]
-            dw = np.sum(dout * xhat, axis=(0, 2, 3), dtype=np.float64)
-            db = np.sum(dout, axis=(0, 2, 3), dtype=np.float64)
-            dx = dout * (w * invstd)[:, None, None]
-        self.grads["weight"] += dw
-        self.grads["bias"] += db
+            dgamma = np.sum(dout * xhat, axis=(0, 2, 3), dtype=np.float64)
+            dbeta = np.sum(dout, axis=(0, 2, 3), dtype=np.float64)
+            dx = dout * (gamma * invstd)[:, None, None]
+        self.grads["weight"] += dgamma
+        self.grads["bias"] += dbeta
         return dx
 
     def __repr__(self) -> str:

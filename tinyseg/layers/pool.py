@@ -1,6 +1,6 @@
 """``MaxPool2d``: the down-sampling of a Tiramisu transition-down.
 
-``y[n, c, i, j] = max_{0 ≤ r, s < k} x[n, c, i·k + r, j·k + s]`` with stride ``k``;
+``y[n, c, i, j] = max_{0 ≤ p, q < k} x[n, c, i·k + p, j·k + q]`` with stride ``k``;
 ``(N, C, H, W) → (N, C, ⌊H/k⌋, ⌊W/k⌋)``.  The backward sends each output gradient to the
 input that won its window.  Kernels: ``tinyseg.kernels.pool`` (equations, the ``int8``
 arg-max encoding and the tie rule in ``tinyseg.reference.pool``).
@@ -12,7 +12,7 @@ import numpy as np
 from ..kernels.pool import maxpool2d_backward, maxpool2d_forward
 from .base import Layer, check_input
 
-MAX_KERNEL_SIZE = 11  # the arg-max is stored as an int8 index r·k + s < k² ≤ 127
+MAX_KERNEL_SIZE = 11  # the arg-max is stored as an int8 index p·k + q < k² ≤ 127
 
 
 class MaxPool2d(Layer):

@@ -220,10 +220,10 @@ def conv2d_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray, stride:
     dw = np.zeros_like(weight)
     for p in range(kh):
         for q in range(kw):
-            rows = slice(p, p + s * (Ho - 1) + 1, s)
-            cols = slice(q, q + s * (Wo - 1) + 1, s)
-            dw[:, :, p, q] = np.einsum("noij,ncij->oc", dout, x_pad[:, :, rows, cols])
-            dx_pad[:, :, rows, cols] += np.einsum("oc,noij->ncij", weight[:, :, p, q], dout)
+            u = slice(p, p + s * (Ho - 1) + 1, s)       # rows i·s + p, i = 0 … Ho − 1
+            v = slice(q, q + s * (Wo - 1) + 1, s)       # columns j·s + q
+            dw[:, :, p, q] = np.einsum("noij,ncij->oc", dout, x_pad[:, :, u, v])
+            dx_pad[:, :, u, v] += np.einsum("oc,noij->ncij", weight[:, :, p, q], dout)
     db = dout.sum(axis=(0, 2, 3)).astype(x.dtype)
     dx = dx_pad[:, :, P:P + H, P:P + W].copy()
     return dx, dw, db

@@ -47,7 +47,8 @@ def read_photo(path) -> np.ndarray:
 
 def alpha_from_probability(p: np.ndarray, threshold: float = 0.5,
                            soft: bool = False) -> np.ndarray:
-    """``uint8 (H, W)`` alpha: ``255·[p ≥ threshold]``, or ``round(255·p)`` when ``soft``."""
+    """The alpha channel ``255·α`` as ``uint8 (H, W)``: ``α = [p ≥ threshold]``, or ``α = p``
+    when ``soft`` (stored as ``round(255·p)``)."""
     if soft:
         return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
     return np.where(p >= threshold, 255, 0).astype(np.uint8)

@@ -10,7 +10,8 @@ the size of its gradients:
 The update runs in the kernel ``tinyseg.kernels.optim.rmsprop_step``; its readable twin is
 ``tinyseg.reference.optim.rmsprop_step``.
 
-``ExponentialLR`` multiplies the learning rate by γ once per epoch:  η_e = η_0 · γ^e
+``ExponentialLR`` multiplies the learning rate by γ once per epoch: after e epochs
+η = η_0 · γ^e, so epoch e (counting from 1) trains at η_0 · γ^(e−1)
 (identical to ``torch.optim.lr_scheduler.ExponentialLR``).  The Tiramisu paper trains with
 RMSprop, η_0 = 1e-3, λ = 1e-4 and γ = 0.995.
 

@@ -7,11 +7,11 @@ model by validation IoU is kept, Keras' ``save_best_only``)::
 
     for epoch e = 1 … E:
         for each batch (x, y) of the epoch's images (augmented):
-            L, ∂L/∂z = cross_entropy(model(x), y)       z: logits (B, 2, S, S)
+            L, ∂L/∂z = softmax_cross_entropy(model(x), y)   z: logits (B, 2, S, S)
             model.backward(∂L/∂z);  RMSprop step        θ ← θ − η_e g / (√v + ε)
         (batch-norm statistics: averages over fixed training images, ``recompute_bn``)
-        IoU_val = |P ∩ T| / |P ∪ T| on the validation split  (P: argmax z = person)
-        η_{e+1} = γ · η_e
+        IoU_val = |P ∩ T| / |P ∪ T| on the validation split  (P: softmax(z)₁ ≥ 0.5)
+        η_{e+1} = γ · η_e                                (η_1 = η_0: epoch e at η_0 γ^(e−1))
         keep best.npz if IoU_val is the best so far; always write last.npz
 
 An *epoch* is ``epoch_images`` images (the original used 500 so that it could save often),
@@ -97,7 +97,7 @@ class TrainConfig:
     epochs: int = 14
     epoch_images: Optional[int] = 500       # images per epoch; None: one pass over train
     lr: float = 2e-3                        # RMSprop learning rate η_0
-    lr_decay: float = 0.85                  # γ: η_e = η_0 γ^e
+    lr_decay: float = 0.85                  # γ: epoch e (from 1) at η_0 γ^(e−1)
     weight_decay: float = 1e-4              # λ (L2, added to the gradient)
     rms_alpha: float = 0.99                 # α: v ← α v + (1 − α) g²
     rms_eps: float = 1e-8                   # ε in g / (√v + ε)
@@ -184,7 +184,7 @@ class TrainConfig:
 #: ``small``  the first run of a newcomer, sized for 10 minutes on 2 cores including numba
 #:            compilation: the 148 k-parameter ``tiramisu_tiny`` at 64×64 (0.9 GFLOP per
 #:            training image), 16 epochs of 500 images (~8,000 images) from the seed's
-#:            *default* filter (1-2 people covering 20-70 %), RMSprop at 1e-3 × 0.95^e, no
+#:            *default* filter (1-2 people covering 20-70 %), RMSprop at 1e-3 × 0.95^(e−1), no
 #:            dropout (a run this short under-fits; augmentation regularises).  The *wide*
 #:            filter has 3x the images, but most show small people: trained on it, the same
 #:            12-epoch run scored 0.46 instead of 0.60 on the default test split.  Batch

@@ -136,6 +136,18 @@ def test_parse_color_and_names(tmp_path):
     assert [n.name for n in names] == ["x-cutout.png", "x-cutout-2.png", "y-cutout.png"]
 
 
+def test_compose_on_a_background_picture():
+    """A colour and a picture of that colour give the same output; other shapes refused."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    flat = np.asarray(compose(rgb, alpha, background=(40, 110, 220)))
+    picture = np.asarray(compose(rgb, alpha, background=np.full((6, 5, 3), (40, 110, 220))))
+    np.testing.assert_array_equal(flat, picture)
+    with pytest.raises(ValueError, match="the photo's shape"):
+        compose(rgb, alpha, background=np.zeros((5, 5, 3)))
+
+
 def test_an_input_photo_is_never_an_output(ckpt, tmp_path, capsys):
     """``x.png x-cutout.png -o DIR``: the first photo's cut-out went over the second photo,
     which was then read back as its own cut-out; the user's file was lost."""

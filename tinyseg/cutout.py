@@ -55,14 +55,21 @@ def alpha_from_probability(p: np.ndarray, threshold: float = 0.5,
 
 
 def compose(rgb: np.ndarray, alpha: np.ndarray, mode: str = "rgba",
-            background: Optional[Tuple[int, int, int]] = None) -> Image.Image:
+            background=None) -> Image.Image:
     """The output picture: ``mode`` ``'rgba'`` (transparent background), ``'mask'`` (L), or
-    with ``background`` an RGB picture on that colour: ``α·photo + (1 − α)·colour``."""
+    with ``background`` an RGB picture on it: ``α·photo + (1 − α)·background``, where
+    ``background`` is a colour ``(r, g, b)`` or a picture ``(H, W, 3)`` of the photo's size
+    (lesson 12 puts a cut-out on a checkerboard that way)."""
     if mode == "mask":
         return Image.fromarray(alpha, mode="L")
     if background is not None:
         a = alpha.astype(np.float32)[:, :, None] / 255.0
-        bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+        bg = np.asarray(background, dtype=np.float32)
+        if bg.ndim == 1:
+            bg = bg.reshape(1, 1, 3)
+        elif bg.shape != rgb.shape:
+            raise ValueError(f"compose: a background picture must have the photo's shape "
+                             f"{rgb.shape}, got {bg.shape}")
         out = a * rgb.astype(np.float32) + (1.0 - a) * bg
         return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
     return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")

@@ -107,6 +107,16 @@ def test_flip_averages_the_mirrored_prediction():
     assert ev.person_iou == pytest.approx(4 / 8)
 
 
+def test_worst_is_lowest_first_ties_in_order_nan_last():
+    from tinyseg.evaluate import Evaluation
+    z = np.zeros(5)
+    ev = Evaluation(cm=np.eye(2, dtype=np.int64), loss=0.0,
+                    per_image=np.array([0.5, np.nan, 0.2, 0.5, 0.1]),
+                    pred_coverage=z, coverage=z, missed=z, extra=z)
+    assert ev.worst(5).tolist() == [4, 2, 0, 3, 1]
+    assert ev.worst(2).tolist() == [4, 2]
+
+
 def test_the_model_is_left_in_its_mode():
     o = Oracle(np.zeros((1, 4, 4), int))
     o.training = True

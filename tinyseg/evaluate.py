@@ -85,6 +85,11 @@ class Evaluation:
                 "p75": float(q[4]), "p90": float(q[5]), "max": float(q[6]),
                 "histogram": hist.tolist(), "bins": [round(0.1 * i, 1) for i in range(11)]}
 
+    def worst(self, count: int) -> np.ndarray:
+        """Indices of the ``count`` images with the lowest IoU, worst first (ties in image
+        order; images with no person in truth or prediction, IoU nan, last)."""
+        return np.argsort(np.nan_to_num(self.per_image, nan=2.0), kind="stable")[:count]
+
     def summary(self) -> dict:
         return {"person_iou": self.person_iou, "mean_iou": self.mean_iou,
                 "pixel_accuracy": self.pixel_accuracy, "loss": self.loss,
@@ -169,7 +174,7 @@ def worst_picture(images, masks, ids, ev: Evaluation, count: int, zoom: int = 1,
 
     if ev.predictions is None:
         raise ValueError("worst_picture: evaluate with keep_predictions=True")
-    order = np.argsort(np.nan_to_num(ev.per_image, nan=2.0), kind="stable")[:count]
+    order = ev.worst(count)
     tiles, labels = [], []
     z = np.ones((zoom, zoom, 1), dtype=np.uint8)
     for j in order:

@@ -444,3 +444,15 @@ def test_a_damaged_run_directory_is_named_not_a_traceback(data, tmp_path, capsys
     assert "config.json: damaged" in damaged("d", bad_batch)
     assert "log.jsonl: line 1 is damaged" in damaged(
         "e", lambda r: cut(r / "log.jsonl", 20))
+
+
+def test_statistics_batches_leave_out_a_single_image_batch():
+    from tinyseg.train import statistics_batches
+    images = np.arange(17 * 4 * 4 * 3, dtype=np.uint8).reshape(17, 4, 4, 3)
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    sizes = [len(b) for b in statistics_batches(images, 8, mean, std)]
+    assert sizes == [8, 8]                                 # the 17th image alone: left out
+    assert [len(b) for b in statistics_batches(images, 8, mean, std, limit=10)] == [8, 2]
+    assert statistics_batches(images[:1], 8, mean, std) == []
+    first = statistics_batches(images, 8, mean, std)[0]
+    assert first.shape == (8, 3, 4, 4) and first.dtype == np.float32

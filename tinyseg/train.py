@@ -537,13 +537,10 @@ class Trainer:
         depends on the weights, not on the last few random batches.  A last batch of a
         single image is left out (at the coarsest level it can have one value per channel,
         too few for batch statistics); with no batch left the running averages stay."""
-        n = min(self.cfg.recompute_bn, len(self.train_data))
-        B = self.cfg.batch_size
-        starts = [i for i in range(0, n, B) if min(i + B, n) - i >= 2]
-        if starts:
-            recompute_running_stats(self.model, (
-                normalize(self.train_data.images[i:min(i + B, n)], self.mean, self.std)
-                for i in starts))
+        batches = statistics_batches(self.train_data.images, self.cfg.batch_size, self.mean,
+                                     self.std, self.cfg.recompute_bn)
+        if batches:
+            recompute_running_stats(self.model, batches)
 
     def validate(self):
         """Loss and IoUs of the current model on the validation split (eval mode); with
@@ -746,6 +743,17 @@ class Trainer:
         path = self.run_dir / "config.json"
         atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
         return path
+
+
+def statistics_batches(images: np.ndarray, batch_size: int, mean, std,
+                       limit: Optional[int] = None) -> List[np.ndarray]:
+    """The batches ``recompute_bn`` averages batch-norm statistics over: the first ``limit``
+    (default: all) letterboxed ``images``, un-augmented and normalised, ``batch_size`` at a
+    time; a last batch of a single image is left out (too few values per channel at the
+    coarsest level)."""
+    n = len(images) if limit is None else min(limit, len(images))
+    return [normalize(images[i:min(i + batch_size, n)], mean, std)
+            for i in range(0, n, batch_size) if min(i + batch_size, n) - i >= 2]
 
 
 def eval_inside(box, size: int) -> np.ndarray:

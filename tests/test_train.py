@@ -453,6 +453,6 @@ def test_statistics_batches_leave_out_a_single_image_batch():
     sizes = [len(b) for b in statistics_batches(images, 8, mean, std)]
     assert sizes == [8, 8]                                 # the 17th image alone: left out
     assert [len(b) for b in statistics_batches(images, 8, mean, std, limit=10)] == [8, 2]
-    assert statistics_batches(images[:1], 8, mean, std) == []
-    first = statistics_batches(images, 8, mean, std)[0]
+    assert list(statistics_batches(images[:1], 8, mean, std)) == []
+    first = next(statistics_batches(images, 8, mean, std))
     assert first.shape == (8, 3, 4, 4) and first.dtype == np.float32

@@ -53,7 +53,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -537,10 +537,10 @@ class Trainer:
         depends on the weights, not on the last few random batches.  A last batch of a
         single image is left out (at the coarsest level it can have one value per channel,
         too few for batch statistics); with no batch left the running averages stay."""
-        batches = statistics_batches(self.train_data.images, self.cfg.batch_size, self.mean,
-                                     self.std, self.cfg.recompute_bn)
-        if batches:
-            recompute_running_stats(self.model, batches)
+        if min(self.cfg.recompute_bn, len(self.train_data)) >= 2:   # at least one batch
+            recompute_running_stats(self.model, statistics_batches(
+                self.train_data.images, self.cfg.batch_size, self.mean, self.std,
+                self.cfg.recompute_bn))
 
     def validate(self):
         """Loss and IoUs of the current model on the validation split (eval mode); with
@@ -746,14 +746,15 @@ class Trainer:
 
 
 def statistics_batches(images: np.ndarray, batch_size: int, mean, std,
-                       limit: Optional[int] = None) -> List[np.ndarray]:
-    """The batches ``recompute_bn`` averages batch-norm statistics over: the first ``limit``
-    (default: all) letterboxed ``images``, un-augmented and normalised, ``batch_size`` at a
-    time; a last batch of a single image is left out (too few values per channel at the
-    coarsest level)."""
+                       limit: Optional[int] = None) -> Iterator[np.ndarray]:
+    """The batches ``recompute_bn`` averages batch-norm statistics over, one at a time: the
+    first ``limit`` (default: all) letterboxed ``images``, un-augmented and normalised,
+    ``batch_size`` at a time; a last batch of a single image is left out (too few values per
+    channel at the coarsest level), so there is none at all when fewer than 2 images."""
     n = len(images) if limit is None else min(limit, len(images))
-    return [normalize(images[i:min(i + batch_size, n)], mean, std)
-            for i in range(0, n, batch_size) if min(i + batch_size, n) - i >= 2]
+    for i in range(0, n, batch_size):
+        if min(i + batch_size, n) - i >= 2:
+            yield normalize(images[i:min(i + batch_size, n)], mean, std)
 
 
 def eval_inside(box, size: int) -> np.ndarray:

@@ -1397,6 +1397,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-worker", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--compile-worker", metavar="JSON", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    for flag in ("batches", "model_batches", "reps", "model_reps", "max_shapes"):
+        given = getattr(a, flag)
+        values = given if isinstance(given, list) else [given]
+        if any(v is not None and v < 1 for v in values):
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {given}")
+    if not a.model_budget > 0:
+        p.error(f"--model-budget must be a number of seconds > 0, got {a.model_budget}")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        p.error(f"--out {a.out}: exists and is not a directory")
     q = a.quick
     a.threads = a.threads or ([1] if q else [1, 2])
     a.parts = a.parts or (["kernels", "models"] if q else ["kernels", "models", "compile"])

@@ -247,6 +247,25 @@ def test_targets_verdicts():
     assert all(x["ok"] is None for x in run.targets(results) if "training step" in x["what"])
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--batches", "0"], "--batches must be at least 1"),      # a worker died with SIGFPE
+    (["--reps", "0"], "--reps must be at least 1"),            # was silently 5
+    (["--model-reps", "-1"], "--model-reps must be at least 1"),
+    (["--model-budget", "0"], "--model-budget must be a number of seconds > 0"),
+])
+def test_bad_flag_values_exit_2_with_a_message(flags, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        run.parse_args(flags)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SystemExit) as e:
+        run.parse_args(["--out", str(tmp_path / "f")])
+    assert e.value.code == 2 and "exists and is not a directory" in capsys.readouterr().err
+
+
 def test_thread_environment(monkeypatch):
     monkeypatch.delenv("TINYSEG_BLAS_THREADS", raising=False)
     env = run.thread_env(3, "torch")

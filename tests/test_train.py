@@ -379,7 +379,9 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
     # changes to "off" or 0 were taken as "not given" and silently ignored; a saved value
     # repeated is no change
     for flag in (["--no-augment"], ["--recompute-bn", "0"], ["--dropout", "0"],
-                 ["--weight-decay", "0"], ["--preset", "paper"]):
+                 ["--weight-decay", "0"], ["--preset", "paper"],
+                 # a flag given with its parser default was taken as "not given"
+                 ["--small"], ["--preset", "small"]):
         assert run_main(main, "tinyseg.train", ["--resume", str(out), *flag]) == 1, flag
         assert "cannot be changed when resuming" in capsys.readouterr().err
     assert run_main(main, "tinyseg.train", ["--resume", str(out), "--augment", "--tiny",

@@ -1023,10 +1023,25 @@ _RESUME_OK = {"resume", "epochs", "data", "threads", "max_minutes", "cache", "no
               "jobs"}
 
 
-def _resume_changes(args, parser, run_dir: Path) -> List[str]:
+def _given_flags(parser, argv: Optional[Sequence[str]]) -> set:
+    """The destinations of the flags written on the command line, whatever their value.
+
+    argparse fills in a default only where the namespace has no value yet, so parsing into a
+    namespace that holds a marker everywhere leaves the marker on every flag not given.
+    (``args.x == default`` cannot tell ``--small`` from no preset flag at all.)"""
+    marker = object()
+    ns = argparse.Namespace(**{a.dest: marker for a in parser._actions
+                               if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=ns)
+    return {k for k, v in vars(ns).items() if v is not marker}
+
+
+def _resume_changes(args, parser, run_dir: Path, given: Optional[set] = None) -> List[str]:
     """The flags given with ``--resume`` (other than ``_RESUME_OK``) whose value differs from
     the run's saved config: those would silently be ignored.  Repeating a saved value is
-    fine.  (Any flag counts as a change when the saved config cannot be read.)"""
+    fine.  (Any flag counts as a change when the saved config cannot be read.)  ``given``:
+    the flags written on the command line (``_given_flags``); without it, every value
+    other than the default counts as given."""
     saved = {}
     for name in ("config.json", ENSEMBLE_MANIFEST):
         try:
@@ -1036,7 +1051,9 @@ def _resume_changes(args, parser, run_dir: Path) -> List[str]:
             continue
     changes = []
     for key, value in vars(args).items():
-        if key in _RESUME_OK or value is None or value == parser.get_default(key):
+        if key in _RESUME_OK or value is None:
+            continue
+        if key not in given if given is not None else value == parser.get_default(key):
             continue
         if key == "model_overrides":
             try:
@@ -1062,7 +1079,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainer = None
     try:
         if args.resume:
-            given = _resume_changes(args, parser, Path(args.resume))
+            given = _resume_changes(args, parser, Path(args.resume),
+                                    _given_flags(parser, argv))
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when "
                                 "resuming (the run's saved config decides it)")

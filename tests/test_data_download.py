@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import tinyseg.data.download as dl
+from tinyseg.data.download import fetch, verify_image
 from tinyseg.data.__main__ import main
 from tinyseg.data.cache import load_split
 from tinyseg.data.coco import FilterConfig
@@ -224,6 +225,37 @@ def test_server_ignoring_ranges_restarts_the_file(server, tmp_path):
     _run(server, root)
     assert dest.read_bytes() == server.files[path]
     assert server.gets(path)[0][1] == "bytes=29-"  # asked to resume, got the whole file
+
+
+def test_progress_counts_a_restarted_file_once(server, tmp_path):
+    """Bytes thrown away (a server ignoring Range; a file failing verification) are taken
+    back from the count: the annotation bar, which starts at the part file's size, passed
+    100 %."""
+    path = "/train2017/000000000002.jpg"
+    dest = tmp_path / "x.jpg"
+    part = dest.with_name("x.jpg.part")
+    part.write_bytes(b"stale bytes from another file")
+    server.no_range.add(path)
+    counted = [part.stat().st_size]
+    fetch(server.url + path, dest, verify=verify_image, on_bytes=counted.append)
+    assert sum(counted) == len(server.files[path]) == dest.stat().st_size
+    assert min(counted) < 0
+    # a first download that fails verification and is fetched again
+    bad = "/train2017/000000000003.jpg"
+    good = server.files[bad]
+    server.files[bad] = b"not a jpeg at all" * 10
+    calls = []
+
+    def verify_then_mend(p):
+        calls.append(p)
+        if len(calls) == 1:
+            server.files[bad] = good
+        verify_image(p)
+
+    counted = []
+    fetch(server.url + bad, tmp_path / "y.jpg", verify=verify_then_mend, on_bytes=counted.append,
+          backoff=0)
+    assert len(calls) == 2 and sum(counted) == len(good)
 
 
 def test_complete_part_file_is_verified_and_renamed(server, tmp_path):

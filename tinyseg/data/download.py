@@ -79,6 +79,9 @@ def fetch(url: str, dest: PathLike, verify: Optional[Callable[[Path], None]] = N
 
     ``verify(part_path)`` raises ``ValueError`` if the bytes are not what they should be;
     the part file is then deleted and the download starts over (counted as an attempt).
+    ``on_bytes(n)`` is told of every chunk written, and of ``-size`` when bytes already in
+    the part file are thrown away (a failed verification, a server that ignores ``Range``),
+    so its running sum is always the part file's size less what was there before.
     An existing ``dest`` is taken as done.  Raises ``DownloadError`` after ``retries``
     failed attempts, or at once on an HTTP 4xx answer.
     """
@@ -101,6 +104,8 @@ def fetch(url: str, dest: PathLike, verify: Optional[Callable[[Path], None]] = N
                 try:
                     verify(part)
                 except ValueError as e:
+                    if on_bytes is not None and part.is_file():
+                        on_bytes(-part.stat().st_size)
                     part.unlink(missing_ok=True)
                     raise _Retry(f"downloaded file failed verification: {e}") from None
             with open(part, "rb+") as f:
@@ -142,6 +147,8 @@ def _fetch_once(url: str, part: Path, timeout: float,
             total = _content_range_total(response.headers.get("Content-Range"), have)
             mode = "ab"
         else:  # 200: the whole file (a server without Range support starts over)
+            if have and on_bytes is not None:
+                on_bytes(-have)                 # so a progress bar does not pass 100 %
             have = 0
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None else None

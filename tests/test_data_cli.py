@@ -47,6 +47,32 @@ def test_info_prints_counts_per_step_and_split(root, tmp_path, capsys):
     assert "not built yet" in out
 
 
+def test_info_lists_the_sizes_whose_cache_is_built(root, tmp_path, capsys):
+    """``info`` reported the 224 px cache only, whatever size a run had trained at."""
+    from tinyseg.data.cache import load_split
+    from tinyseg.data.coco import FILTER_PRESETS
+
+    cache = tmp_path / "c"
+    for split in ("train", "val", "test"):
+        load_split(root, split, 24, FILTER_PRESETS["default"], cache, progress=False)
+    load_split(root, "train", 16, FILTER_PRESETS["default"], cache, progress=False)
+    load_split(root, "train", 20, FILTER_PRESETS["wide"], cache, progress=False)
+    (gone,) = (cache / "data").glob("*-16px-*-test.npz")     # all three splits are built
+    gone.unlink()
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(cache)], capsys)
+    lines = [l for l in out.splitlines() if l.startswith("cache")]
+    assert code == 0 and len(lines) == 2, out           # not the wide filter's 20 px
+    assert lines[0].startswith("cache at 16px: partly built (")
+    assert lines[1].startswith("cache at 24px: built (")
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(cache),
+                         "--size", "32"], capsys)
+    assert "cache at 32px: not built yet" in out
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(cache),
+                         "--preset", "wide"], capsys)
+    lines = [l for l in out.splitlines() if l.startswith("cache")]
+    assert len(lines) == 1 and lines[0].startswith("cache at 20px: built ("), out
+
+
 def test_info_filter_flags(root, tmp_path, capsys):
     code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
                          "--max-persons", "none", "--min-coverage", "1%"], capsys)

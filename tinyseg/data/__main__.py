@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 from pathlib import Path
@@ -112,7 +113,7 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
                        default=None, help="drop images with crowd annotations (the default)")
 
 
-def _data_flags(p: argparse.ArgumentParser, size_default: int = 224) -> None:
+def _data_flags(p: argparse.ArgumentParser, size_default: Optional[int] = 224) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, metavar="DIR",
                    help=f"COCO directory: annotations/*.json and the images they list "
@@ -125,7 +126,10 @@ def _data_flags(p: argparse.ArgumentParser, size_default: int = 224) -> None:
                    help="image folder (default: searched next to each annotation file: "
                         "DIR/<set>, DIR/images/<set>, DIR/images, DIR)")
     g.add_argument("--size", type=_positive, default=size_default, metavar="S",
-                   help="training size: images letterboxed to S x S (default: %(default)s)")
+                   help="training size: images letterboxed to S x S (default: %(default)s)"
+                   if size_default is not None else
+                   "report the cache at this training size only (default: every size "
+                   "whose cache is built for these filters)")
     g.add_argument("--cache-dir", default=None, metavar="DIR",
                    help=f"where caches are kept (default: ${ENV_CACHE}, else ~/.cache/tinyseg)")
     _filter_flags(p)
@@ -139,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="images left after each filter step and per split",
                        description="Count the images left after each filter step, per split, "
-                                   "and say whether the cache for --size is built.")
-    _data_flags(p)
+                                   "and say which training sizes have their cache built.")
+    _data_flags(p, size_default=None)
     p.add_argument("--check-images", action="store_true",
                    help="also open every kept image and list the unreadable ones "
                         "(default: off)")
@@ -240,12 +244,9 @@ def cmd_info(args, filters: FilterConfig) -> int:
         n = len(sel.ids[s])
         _say(f"  {s:<6} {n:>7}  {100.0 * n / total:5.1f} %")
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    key = cache_key(sel, args.size)
-    built = [s for s in SPLITS if cache_path(cache_dir, sel.root, args.size, key, s).is_file()]
-    where = cache_path(cache_dir, sel.root, args.size, key, "<split>")
-    state = "built" if len(built) == 3 else ("partly built" if built else "not built yet")
     _say("")
-    _say(f"cache at {args.size}px: {state} ({where})")
+    for line in _cache_lines(sel, cache_dir, args.size):
+        _say(line)
     if args.check_images:
         data = sel.data or load_coco(sel.root, filters.category, args.annotations, args.images)
         bad = []
@@ -258,6 +259,31 @@ def cmd_info(args, filters: FilterConfig) -> int:
         for b in bad:
             _say(f"  {b}")
     return 0
+
+
+def _cache_lines(sel, cache_dir: Path, size: Optional[int]) -> List[str]:
+    """One line per training size: is the cache of these filters built there?  ``size``
+    None: every size with a cache file of this data root (the key tells which of them
+    belong to these filters and data)."""
+    if size is None:
+        pattern = re.compile(re.escape(sel.root.name) + r"-(\d+)px-[0-9a-f]{16}-\w+\.npz")
+        found = (pattern.fullmatch(f.name) for f in (cache_dir / "data").glob("*.npz"))
+        sizes = sorted({int(m.group(1)) for m in found if m})
+    else:
+        sizes = [size]
+    lines = []
+    for s in sizes:
+        key = cache_key(sel, s)
+        built = [sp for sp in SPLITS if cache_path(cache_dir, sel.root, s, key, sp).is_file()]
+        if size is None and not built:
+            continue                    # a cache of other filters or older data
+        where = cache_path(cache_dir, sel.root, s, key, "<split>")
+        state = "built" if len(built) == 3 else ("partly built" if built else "not built yet")
+        lines.append(f"cache at {s}px: {state} ({where})")
+    if not lines:
+        lines.append(f"cache: not built yet for these filters (in {cache_dir / 'data'}; "
+                     "training builds it)")
+    return lines
 
 
 def cmd_show(args, filters: FilterConfig) -> int:

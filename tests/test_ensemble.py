@@ -5,6 +5,7 @@ the last bit, to the single run with seed ``S+k``, and check that an ensemble ru
 after losing a member ends with the same file.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -479,3 +480,23 @@ def test_a_damaged_ensemble_run_is_named_and_nothing_is_left_running(data, tmp_p
         (r / "member1" / "best.npz").unlink()
         (r / "best.npz").unlink()
     assert "cannot join the members" in resume("e", no_best)
+
+    # a member that dies of a signal (the out-of-memory killer sends SIGKILL) is named with
+    # the signal, and one that exits with an error with its status; both were "failed"
+    import tinyseg.train_ensemble as te
+    for name, code_text, expected in (
+            ("f", "os.kill(os.getpid(), signal.SIGKILL)",
+             "member 1 was killed by SIGKILL (signal 9), perhaps by the system when memory "
+             "ran out; --resume continues"),
+            ("g", "sys.exit(3)", "member 1 failed with exit status 3")):
+        run = tmp_path / name
+        shutil.copytree(good, run)
+        (run / "member1" / "best.npz").unlink()
+        (run / "best.npz").unlink()
+        argv = [sys.executable, "-c",
+                f"import os, signal, sys; print('last words', flush=True); {code_text}"]
+        monkeypatch.setattr(te, "_member_argv", lambda *a, argv=argv: argv)
+        code = run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"tinyseg.train: error: {expected}"), err
+        assert err.rstrip().endswith("last words"), err

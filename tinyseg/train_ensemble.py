@@ -159,6 +159,21 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _how_it_ended(rc: int) -> str:
+    """``failed with exit status 1``, ``was killed by SIGKILL (signal 9) ...``: a member
+    process's return code in words (negative: the signal that ended it)."""
+    if rc >= 0:
+        return f"failed with exit status {rc}"
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = "an unknown signal"
+    text = f"was killed by {name} (signal {-rc})"
+    if -rc == getattr(signal, "SIGKILL", None):
+        text += ", perhaps by the system when memory ran out"
+    return text + "; --resume continues from its last.npz"
+
+
 def _stop_signals_as_ctrl_c():
     """Make SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does; returns the old
     handlers (``{}`` outside the main thread, where handlers cannot be set)."""
@@ -178,6 +193,7 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
     running: Dict[int, subprocess.Popen] = {}
     outputs: Dict[int, object] = {}
     failed: Optional[int] = None
+    failed_rc = 0
     stopped = False
     for k in pending:                           # what no member could start from
         d = member_dir(run_dir, k)
@@ -227,7 +243,8 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
                 elif rc == 130:
                     stopped = True
                 else:
-                    failed = k if failed is None else failed
+                    if failed is None:
+                        failed, failed_rc = k, rc
                     stop_all()
             if not pending and not running:
                 break
@@ -264,8 +281,8 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
     if failed is not None:
         tail = (member_dir(run_dir, failed) / "output.txt").read_text(errors="replace")
         tail = "\n".join(tail.strip().splitlines()[-5:])
-        raise UserError(f"member {failed} failed (see {member_dir(run_dir, failed)}"
-                        f"/output.txt):\n{tail}")
+        raise UserError(f"member {failed} {_how_it_ended(failed_rc)} (see "
+                        f"{member_dir(run_dir, failed)}/output.txt):\n{tail}")
     if stopped:
         print(f"stopped; each member saved its last.npz. Continue with: python -m "
               f"tinyseg.train --resume {shlex.quote(str(run_dir))}", flush=True)

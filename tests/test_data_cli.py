@@ -194,3 +194,12 @@ def test_module_runs_as_a_program(root, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "loading annotations" not in r.stdout and "index created" not in r.stdout
     assert r.stderr == ""
+
+
+def test_show_refuses_a_sheet_too_large_to_draw(root, tmp_path, capsys):
+    """``--size 100000`` paged for minutes before running out of memory."""
+    for args in (["--size", "100000"], ["--n", "5000", "--size", "160"]):
+        code, out, err = _run(["show", "--data", str(root), *args, "--out",
+                               str(tmp_path / "x.png")], capsys)
+        assert code != 0 and "megapixels; at most 100" in err, err
+        assert not (tmp_path / "x.png").exists()

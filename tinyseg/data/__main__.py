@@ -261,6 +261,10 @@ def cmd_info(args, filters: FilterConfig) -> int:
     return 0
 
 
+#: Largest contact sheet ``show`` draws (tiles × size²): 100 megapixels, about 0.3 GB as RGB.
+MAX_SHEET_PIXELS = 100_000_000
+
+
 def _cache_lines(sel, cache_dir: Path, size: Optional[int]) -> List[str]:
     """One line per training size: is the cache of these filters built there?  ``size``
     None: every size with a cache file of this data root (the key tells which of them
@@ -291,6 +295,11 @@ def cmd_show(args, filters: FilterConfig) -> int:
 
     if Path(args.out).suffix.lower() != ".png":
         raise DataError(f"--out {args.out!r}: the picture is a PNG; give a name ending in .png")
+    pixels = args.n * args.size ** 2
+    if pixels > MAX_SHEET_PIXELS:   # refused at once: it used to page for minutes, then fail
+        raise DataError(f"--n {args.n} tiles of --size {args.size} would make a picture of "
+                        f"{pixels / 1e6:,.0f} megapixels; at most "
+                        f"{MAX_SHEET_PIXELS / 1e6:.0f}: give a smaller --size or --n")
     root = resolve_data_root(args.data)
     data = load_coco(root, filters.category, args.annotations, args.images)
     result = filter_images(data, filters, require_nonempty=not args.rejected)

@@ -250,3 +250,46 @@ def test_prediction_helpers_name_bad_arguments():
     for rgb in ([[1]], np.zeros((0, 5, 3), np.uint8)):
         with pytest.raises(ValueError, match="photo_probability: expected a uint8"):
             photo_probability(predictor, rgb)
+
+
+class _LeftColumn:
+    """A stand-in network, blind to its input: person probability 0.9 in column 0, 0.2 in
+    every other column (not mirror-symmetric, so a mirrored map not flipped back shows)."""
+
+    training = False
+
+    def eval(self):
+        pass
+
+    def train(self, mode=True):
+        pass
+
+    def forward(self, x):
+        z = np.full((x.shape[0], x.shape[2], x.shape[3]), np.log(0.2 / 0.8), np.float32)
+        z[:, :, 0] = np.log(0.9 / 0.1)
+        return np.stack([np.zeros_like(z), z], axis=1)
+
+
+def test_flip_averages_with_the_mirror_image_flipped_back():
+    """``predict_probabilities(flip=True)`` (used by cutout and the Predictor) had no test of
+    its own; evaluate's copy of the flip had one."""
+    from tinyseg.infer import predict_probabilities
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    want = np.full((4, 5), 0.2, np.float32)
+    want[:, 0] = 0.9
+    np.testing.assert_allclose(predict_probabilities(_LeftColumn(), x)[1], want, rtol=1e-6)
+    want[:, 0] = want[:, -1] = (0.9 + 0.2) / 2
+    np.testing.assert_allclose(predict_probabilities(_LeftColumn(), x, flip=True)[1], want,
+                               rtol=1e-6)
+
+
+def test_softmax_person_of_large_logits():
+    """p = 1 / (1 + exp(z0 − z1)) even where exp(z) overflows float32."""
+    from tinyseg.infer import softmax_person
+    z = np.zeros((1, 2, 1, 4), np.float32)
+    z[0, 0, 0] = [1000.0, 0.0, -1000.0, 3000.0]
+    z[0, 1, 0] = [1001.0, 2000.0, -999.0, 0.0]
+    with np.errstate(over="raise", invalid="raise"):
+        p = softmax_person(z)
+    np.testing.assert_allclose(p[0, 0], [1 / (1 + np.exp(-1.0)), 1.0, 1 / (1 + np.exp(-1.0)),
+                                         0.0], rtol=1e-6)

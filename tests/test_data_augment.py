@@ -125,3 +125,17 @@ def test_bad_inputs():
         augment(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), 3)
     with pytest.raises(ValueError, match="scale"):
         AugmentConfig(scale=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("h, w", [(8, 64), (64, 8)])
+def test_shift_of_a_zoom_stays_inside_each_axis(h, w):
+    """A 2x zoom of an all-person mask, shifted anywhere inside the zoomed picture, is all
+    person.  A vertical shift drawn with the width (or the reverse) reaches past the picture
+    into padding: square test images could not show it."""
+    cfg = AugmentConfig(flip_p=0.0, scale=(2.0, 2.0), brightness=(1.0, 1.0),
+                        contrast=(1.0, 1.0), gamma=(1.0, 1.0))
+    image = np.zeros((h, w, 3), np.uint8)
+    mask = np.ones((h, w), np.uint8)
+    for seed in range(20):
+        _, m = augment(image, mask, np.random.default_rng(seed), cfg)
+        assert m.all(), seed

@@ -151,3 +151,14 @@ def test_letterbox_rejects_wrong_dtype():
 def test_letterbox_names_an_empty_or_odd_picture(shape, size, says):
     with pytest.raises(ValueError, match="letterbox: .*" + says):
         letterbox(np.zeros(shape, np.uint8), size)
+
+
+@pytest.mark.parametrize("shape, size, out", [((30, 40), 80, (60, 80)), ((40, 30), 50, (90, 70)),
+                                               ((30, 40), 64, (30, 40)), ((31, 7), 16, (5, 3))])
+def test_unletterbox_never_returns_padding(shape, size, out):
+    """Padding marked 7: a crop one row or column too wide shows up as a 7 (a random mask
+    sent through letterbox and back did not catch it)."""
+    mask = (np.random.default_rng(2).random(shape) < 0.5).astype(np.uint8)
+    square, box = letterbox(mask, size, nearest=True, fill=7)
+    back = unletterbox(square, box, *out)
+    assert back.shape == out and not (back == 7).any()

@@ -238,3 +238,24 @@ def test_scoring_shows_progress(setup, tmp_path, capsys):
         "--out", str(tmp_path / "ev"), "--worst", "0", "--filter", "default"]) == 0
     err = capsys.readouterr().err
     assert "scoring the val split, 'default' filter:" in err and "images (100 %)" in err
+
+
+def test_loss_is_the_mean_over_every_counted_pixel_whatever_the_batches():
+    """Batches of one image with 16, 8 and 4 counted pixels: the loss is the pixel mean over
+    the split (one call of the loss on everything), not the mean of the batches' means."""
+    from tinyseg.losses import softmax_cross_entropy
+    n, s = 3, 4
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((n, 2, s, s)).astype(np.float32)
+
+    class Fixed(Oracle):
+        def forward(self, x):
+            return logits[np.rint(x[:, 0, 0, 0]).astype(int)]
+
+    masks = (rng.random((n, s, s)) < 0.5).astype(np.uint8)
+    boxes = np.array([[0, 0, 4, 4], [1, 0, 2, 4], [0, 0, 4, 1]])
+    want, _ = softmax_cross_entropy(logits, eval_targets(masks, boxes), ignore_index=IGNORE)
+    for batch_size in (1, 2, 3):
+        ev = evaluate_dataset(Fixed(None), images_with_index(n, s), masks, boxes, MEAN0, STD1,
+                              batch_size=batch_size)
+        assert ev.loss == pytest.approx(want, rel=1e-6), batch_size

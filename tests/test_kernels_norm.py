@@ -166,6 +166,21 @@ def test_fused_backward_limits(mod):
         assert not a.any()
 
 
+@pytest.mark.parametrize("mod", [K, R], ids=["kernel", "reference"])
+def test_fused_backward_at_zero_passes_no_gradient(mod):
+    """ReLU's gradient at exactly 0 is 0 (PyTorch's choice).  Channel 1 is constant (0.5,
+    32 values: the mean is exact, x̂ = 0) with β = 0, so z = 0 everywhere there, as in a
+    dead channel; its dx, dγ and dβ must be exactly 0 (``z >= 0`` gave them gradients)."""
+    x, weight, bias, dout = draw(6, (2, 3, 4, 4), np.float64)
+    x[:, 1] = 0.5
+    bias[1] = 0.0
+    mean, invstd = R.batchnorm2d_stats(x, EPS)
+    assert not (x[:, 1] - mean[1]).any()
+    dx, dweight, dbias = mod.batchnorm_relu_backward(dout, x, mean, invstd, weight, bias)
+    assert not dx[:, 1].any() and dweight[1] == 0.0 and dbias[1] == 0.0
+    assert dx[:, 0].any() and dbias[0] != 0.0            # the other channels do get some
+
+
 def test_float32_accumulates_in_float64():
     """A large common offset: float32 sums would lose the spread; float64 sums do not."""
     rng = np.random.default_rng(0)

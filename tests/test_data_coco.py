@@ -307,6 +307,10 @@ def test_filter_steps_are_counted(tmp_path):
     # the crowd image has 2 instances covering (960 + 192) / 3072 = 37.5 %
     assert [n for _, n in r.steps] == [9, 7, 7, 6, 4]
     assert r.coverage[3] == pytest.approx(1152 / 3072)
+    # both coverage bounds are inclusive: image 6 covers exactly 25 %
+    assert r.coverage[6] == 0.25
+    for lo, hi in ((0.25, 0.25), (0.25, 0.5), (0.1, 0.25)):
+        assert 6 in filter_images(data, FilterConfig(min_coverage=lo, max_coverage=hi)).kept
     r = filter_images(data, FilterConfig(max_persons=None, min_coverage=0.0))
     assert [n for _, n in r.steps] == [9, 7, 6, 6, 5]
     assert r.kept == [4, 5, 6, 7, 9]

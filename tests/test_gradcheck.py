@@ -30,3 +30,11 @@ def test_gradcheck_refuses_a_check_that_checks_nothing():
             gradcheck(ReLU(), x, max_entries=bad)   # 0 returned {'input': 0.0}: a "pass"
     with pytest.raises(ValueError, match="eps must be positive"):
         gradcheck(ReLU(), x, eps=0.0)
+
+
+def test_relative_error_is_scaled_by_the_larger_gradient():
+    """|a − n| / max(|a|, |n|): a backward that returns zeros where the finite difference
+    is not scores 1 (a total failure), whichever side is the larger."""
+    assert relative_error(np.zeros(3), np.array([0.0, 1e-3, 0.0])) == 1.0
+    assert relative_error(np.array([0.0, 2.0]), np.array([0.0, 4.0])) == 0.5
+    assert relative_error(np.array([4.0]), np.array([2.0])) == 0.5

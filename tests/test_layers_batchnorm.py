@@ -298,3 +298,21 @@ def test_recompute_running_stats_error_in_a_batch_restores(rng):
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
     assert net.bn1.momentum == 0.1 and net.training
+
+
+def test_state_dict_is_a_copy():
+    """A state dict taken before training does not change with the layer, and changing
+    the dict does not write into the layer (PyTorch: ``copy.deepcopy(m.state_dict())``;
+    tinyseg's checkpoints rely on the copy)."""
+    bn = BatchNorm2d(3)
+    sd = bn.state_dict()
+    before = {k: v.copy() for k, v in sd.items()}
+    bn.train()
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32) + 2.0
+    bn.forward(x)
+    bn.params["weight"][...] = 7.0
+    assert not np.array_equal(bn.buffers["running_mean"], before["running_mean"])
+    for k, v in before.items():
+        np.testing.assert_array_equal(sd[k], v, err_msg=k)
+    bn.state_dict()["running_var"][...] = -1.0
+    assert (bn.buffers["running_var"] > 0).all()

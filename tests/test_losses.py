@@ -156,3 +156,19 @@ def test_validation(logits, target, kw, match):
     with pytest.raises(ValueError, match=match) as e:
         softmax_cross_entropy(logits, target, **kw)
     assert "softmax_cross_entropy" in str(e.value)
+
+
+def test_a_class_of_weight_zero_does_not_count():
+    """Weight 0 is allowed (as in PyTorch): that class's pixels add nothing to the weighted
+    mean and get no gradient."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((2, 3, 4, 5))
+    target = rng.integers(0, 3, size=(2, 4, 5))
+    weight = np.array([1.0, 0.0, 2.0])
+    loss, d = softmax_cross_entropy(logits, target, weight=weight)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    nll = -np.log(np.take_along_axis(p, target[:, None], axis=1)[:, 0])
+    w = weight[target]
+    assert loss == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-10)
+    assert not d.transpose(1, 0, 2, 3)[:, target == 1].any()
+

@@ -43,3 +43,18 @@ def test_command_compares_both_dense_blocks(capsys):
     assert capsys.readouterr().err == "tinyseg.memory: error: --size must be at least 1, got 0\n"
     assert run_main(main, "tinyseg.memory", ["--model", "tiramisu_tiny", "--seed", "-1"]) == 1
     assert "--seed must be >= 0" in capsys.readouterr().err
+
+
+def test_peak_is_counted_from_what_was_traced_before_the_call():
+    """With tracing already on and 16 MB held, a call that allocates 1 MB peaks at 1 MB;
+    tracing is left on, as it was found."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        held = np.ones(2_000_000)                                      # 16 MB
+        _, peak = peak_memory(lambda: np.ones(125_000).sum())          # 1 MB
+        assert 1_000_000 <= peak < 1_100_000
+        assert tracemalloc.is_tracing()
+        del held
+    finally:
+        tracemalloc.stop()

@@ -283,7 +283,11 @@ def test_switching_implementation_on_a_model():
     assert not model.config["memory_efficient"]
     assert all(not b.memory_efficient for b in model.down_blocks + model.up_blocks)
     assert all(not l.memory_efficient for b in model.down_blocks for l in b.layers)
+    assert all(not t.memory_efficient for t in model.trans_down)    # the transitions too
     np.testing.assert_allclose(model.forward(x), y, rtol=1e-5, atol=1e-6)
+    model.memory_efficient = True
+    assert all(t.memory_efficient for t in model.trans_down)
+    assert all(l.memory_efficient for b in model.up_blocks for l in b.layers)
 
 
 def _expected_params(in_ch, classes, m, k, layers, pools):

@@ -283,7 +283,8 @@ def test_huge_learning_rate_stops_with_epoch_and_batch(data, tmp_path):
     assert not (tmp_path / "run" / "last.npz").exists()
 
 
-def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, bad):
     cfg = tiny(data, epochs=3)
     tr = new_trainer(cfg, data, tmp_path / "run")
     calls = {"n": 0}
@@ -293,11 +294,11 @@ def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
     def poisoned(logits, y, **kw):
         calls["n"] += 1
         loss, d = real(logits, y, **kw)
-        return (float("nan") if calls["n"] == steps + 2 else loss), d  # epoch 2, batch 2
+        return (float(bad) if calls["n"] == steps + 2 else loss), d  # epoch 2, batch 2
 
     monkeypatch.setattr(train_mod, "softmax_cross_entropy", poisoned)
     last = tmp_path / "run" / "last.npz"
-    with pytest.raises(Divergence, match=r"nan at epoch 2, batch 2 of 2 .*still holds"):
+    with pytest.raises(Divergence, match=bad + r" at epoch 2, batch 2 of 2 .*still holds"):
         tr.run()
     _, _, _, state, _ = read(last)
     assert state["epoch"] == 1 and state["batch"] == 0
@@ -458,3 +459,11 @@ def test_statistics_batches_leave_out_a_single_image_batch():
     assert list(statistics_batches(images[:1], 8, mean, std)) == []
     first = next(statistics_batches(images, 8, mean, std))
     assert first.shape == (8, 3, 4, 4) and first.dtype == np.float32
+
+
+def test_an_epoch_is_its_images_rounded_up_to_whole_batches():
+    """``--epoch-images 10 --batch-size 4`` trains 3 steps (12 images), not 2 (8)."""
+    assert TrainConfig(epoch_images=10, batch_size=4).steps_per_epoch(100) == 3
+    assert TrainConfig(epoch_images=8, batch_size=4).steps_per_epoch(100) == 2
+    assert TrainConfig(epoch_images=3, batch_size=8).steps_per_epoch(100) == 1
+    assert TrainConfig(epoch_images=None, batch_size=8).steps_per_epoch(170) == 22

@@ -90,6 +90,21 @@ def test_second_load_reads_the_cache(root, tmp_path, monkeypatch):
     assert again.cache_key == first.cache_key
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_cache_file_is_rebuilt(root, tmp_path, damage):
+    """A truncated copy still starts with 'PK' and raised zipfile.BadZipFile (a traceback
+    in train and evaluate) instead of being rebuilt."""
+    cache = tmp_path / "c"
+    first = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    (path,) = (cache / "data").glob("*-val.npz")
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a cache" * 50,
+                      "empty": b""}[damage])
+    again = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(again.images, first.images)
+    assert path.read_bytes() == data                            # written anew, whole
+
+
 def test_changes_of_size_filters_or_annotations_rebuild(root, tmp_path):
     cache = tmp_path / "c"
     a = load_split(root, "train", 24, cache_dir=cache, progress=False)

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -334,8 +335,8 @@ def _read_cache(path: Path, key: str) -> Optional[dict]:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # unreadable: rebuilt
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable (a truncated copy, another file): rebuilt
     if meta.get("key") != key or meta.get("version") != CACHE_VERSION:
         return None
     arrays["meta"] = meta

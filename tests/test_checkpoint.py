@@ -1,4 +1,6 @@
 """Checkpoints: model files with mean/std/size, training files that resume exactly."""
+import stat
+import os
 import json
 import re
 
@@ -174,3 +176,28 @@ def test_unknown_entries_are_refused(tmp_path):
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(CheckpointError, match="__future__"):
         read(tmp_path / "future.npz")
+
+
+def test_a_newer_checkpoint_version_is_refused(tmp_path):
+    from tinyseg.checkpoint import CHECKPOINT_VERSION, CheckpointError, make_meta, read, save_model
+    from tinyseg.tiramisu import tiramisu_tiny
+    model = tiramisu_tiny(rng=np.random.default_rng(0))
+    meta = make_meta(32, [0.5] * 3, [0.25] * 3)
+    meta["checkpoint_version"] = CHECKPOINT_VERSION + 1
+    path = save_model(tmp_path / "m.npz", model, meta)
+    with pytest.raises(CheckpointError,
+                       match=f"checkpoint version {CHECKPOINT_VERSION + 1} is newer than this "
+                             f"tinyseg reads \\({CHECKPOINT_VERSION}\\)"):
+        read(path)
+
+
+def test_saved_files_get_the_umask_mode(tmp_path):
+    from tinyseg.io import atomic_save_npz, atomic_write_bytes
+    old = os.umask(0o027)
+    try:
+        a = atomic_save_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+        b = atomic_write_bytes(tmp_path / "b.bin", b"abc")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(a).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(b).st_mode) == 0o640

@@ -1,4 +1,5 @@
 """tinyseg.cli.run_main: the commands' exit codes and one-line errors."""
+import os
 import errno
 
 import pytest
@@ -73,3 +74,40 @@ def test_atomic_writes_name_a_folder_in_the_way(tmp_path):
     with pytest.raises(IsADirectoryError):
         atomic_write_bytes(tmp_path / "x.npz", b"")
     assert [p.name for p in tmp_path.iterdir()] == ["x.npz"]       # no temporary file left
+
+
+@pytest.fixture
+def restore_threads(monkeypatch):
+    import numba
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "TINYSEG_BLAS_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
+def test_threads_zero_is_a_user_error(restore_threads):
+    from tinyseg.cli import UserError, set_threads
+    with pytest.raises(UserError, match="--threads must be at least 1, got 0"):
+        set_threads(0)
+
+
+def test_all_available_threads_are_accepted(restore_threads):
+    import numba
+    from tinyseg.cli import UserError, available_threads, set_threads
+    limit = available_threads()
+    assert set_threads(limit) == limit
+    assert numba.get_num_threads() == limit
+    with pytest.raises(UserError, match=f"--threads {limit + 1} is more than"):
+        set_threads(limit + 1)
+
+
+def test_blas_env_stays_one_thread_whatever_numba_gets(restore_threads):
+    from tinyseg.cli import available_threads, set_threads
+    n = available_threads()
+    if n < 2:
+        pytest.skip("needs 2 numba threads")
+    set_threads(2)
+    assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                    "MKL_NUM_THREADS")] == ["1", "1", "1"]

@@ -256,3 +256,16 @@ def test_real_data_splits(coco_root, tmp_path):
     # persons cover 20-70 % of each picture; after letterboxing, of the box
     for m, (t, l, h, w) in zip(tr.masks[:50], tr.boxes[:50]):
         assert 0.17 < m[t:t + h, l:l + w].mean() < 0.73  # nearest resizing at 32 px: +-3 %
+
+
+def test_progress_eta_and_percent(monkeypatch):
+    import io
+    from tinyseg.data import progress as pm
+    clock = [100.0]
+    monkeypatch.setattr(pm.time, "perf_counter", lambda: clock[0])
+    p = pm.Progress("caching", total=100, unit="images", stream=io.StringIO())
+    clock[0] += 10.0
+    p.done = 25
+    assert p.line() == "caching: 25/100 images (25 %), 2.5 images/s, ETA 0:30"
+    p.done = 150
+    assert p.line() == "caching: 150/100 images (100 %), 15.0 images/s, 0:10"

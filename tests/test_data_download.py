@@ -6,6 +6,7 @@ and can cut a response half way, ignore ranges, or serve junk, so resuming, rest
 verification are all exercised.
 """
 import io
+import os
 import json
 import threading
 import zipfile
@@ -326,3 +327,73 @@ def test_a_folder_at_a_files_name_fails_at_once(tmp_path):
     dest.mkdir()
     with pytest.raises(DataError, match="exists and is not a file; move it away"):
         dl.fetch("http://127.0.0.1:9/never-asked.zip", dest, retries=3, backoff=0)
+
+
+def _zip_with(tmp_path, data):
+    import zipfile
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as f:
+        f.writestr("annotations/x.json", data)
+    return z
+
+
+def test_extract_member_redoes_a_file_of_the_wrong_size_and_keeps_a_whole_one(tmp_path):
+    import zipfile
+    from tinyseg.data.download import extract_member
+    data = b"0123456789" * 1000
+    z = _zip_with(tmp_path, data)
+    with zipfile.ZipFile(z) as f:
+        csize = f.getinfo("annotations/x.json").compress_size
+    assert csize != len(data)
+    dest = tmp_path / "out" / "x.json"
+    dest.parent.mkdir()
+    dest.write_bytes(b"x" * csize)              # a broken file of the compressed size
+    extract_member(z, "annotations/x.json", dest)
+    assert dest.read_bytes() == data
+    ino = os.stat(dest).st_ino
+    extract_member(z, "annotations/x.json", dest)   # whole: left alone
+    assert os.stat(dest).st_ino == ino
+
+
+def test_a_resume_at_another_byte_is_retried():
+    from tinyseg.data import download as dl
+    assert dl._content_range_total("bytes 100-299/300", 100) == 300
+    assert dl._content_range_total("bytes 100-299/*", 100) is None
+    for start in (0, 200):
+        with pytest.raises(dl._Retry, match=f"server resumed at byte {start}, expected 100"):
+            dl._content_range_total(f"bytes {start}-299/300", 100)
+
+
+def test_http_429_is_retried(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from tinyseg.data.download import fetch
+    body = b"hello world" * 10
+    calls = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            calls.append(self.path)
+            if len(calls) == 1:
+                self.send_response(429, "Too Many Requests")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/f.bin"
+        out = fetch(url, tmp_path / "f.bin", retries=3, timeout=10, backoff=0.0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert out.read_bytes() == body and len(calls) == 2

@@ -259,3 +259,13 @@ def test_loss_is_the_mean_over_every_counted_pixel_whatever_the_batches():
         ev = evaluate_dataset(Fixed(None), images_with_index(n, s), masks, boxes, MEAN0, STD1,
                               batch_size=batch_size)
         assert ev.loss == pytest.approx(want, rel=1e-6), batch_size
+
+
+def test_brightness_is_luma_of_the_picture_inside_its_box():
+    from tinyseg.evaluate import brightness
+    imgs = np.zeros((2, 4, 4, 3), np.uint8)
+    imgs[0, :, :] = (255, 0, 0)                 # pure red
+    imgs[1, 1:3, :] = (0, 0, 255)               # blue picture between padding rows
+    imgs[1, 0] = imgs[1, 3] = 255               # white padding: not counted
+    boxes = np.array([[0, 0, 4, 4], [1, 0, 2, 4]])
+    np.testing.assert_allclose(brightness(imgs, boxes), [0.299, 0.114], rtol=1e-12)

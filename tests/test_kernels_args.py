@@ -130,3 +130,10 @@ def test_a_batch_of_no_images_has_zero_gradients(make, x_shape):
     dx = layer.backward(np.zeros(y.shape, np.float32))
     assert dx.shape == x_shape
     assert not layer.grads["weight"].any() and not layer.grads["bias"].any()
+
+
+def test_at_least_refuses_a_fraction():
+    from tinyseg.kernels._args import at_least
+    assert at_least("k", "stride", 2.0, 1) == 2
+    with pytest.raises(ValueError, match=r"k: stride must be an integer of at least 1, got 1.5"):
+        at_least("k", "stride", 1.5, 1)

@@ -45,3 +45,39 @@ def test_line_plot_log_axis_and_errors(tmp_path):
         line_plot({"nan": [np.nan]}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="x values"):
         line_plot({"bad": ([1, 2], [1, 2, 3])}, tmp_path / "x.png")
+
+
+def _plot(tmp_path, series, **kw):
+    from PIL import Image
+    from tinyseg.plot import line_plot
+    p = line_plot(series, tmp_path / "p.png", **kw)
+    return np.asarray(Image.open(p).convert("RGB"))
+
+
+def test_larger_y_is_drawn_higher(tmp_path):
+    from tinyseg.plot import COLORS
+    # two separate markers (a nan breaks the line): y=0 at x=1, y=1 at x=3
+    img = _plot(tmp_path, {"a": [0.0, float("nan"), 1.0]}, size=(400, 300))
+    rows, cols = np.nonzero(np.all(img == COLORS[0], axis=2))
+    plot_area = cols < 345                      # leave out the legend's swatch (col 353 on)
+    rows, cols = rows[plot_area], cols[plot_area]
+    left = rows[cols < np.median(cols)].mean()
+    right = rows[cols > np.median(cols)].mean()
+    # x=1,y=0 is at the bottom-left corner of the axes, x=3,y=1 at the top-right one
+    assert left > right + 100
+
+
+def test_legend_swatches_use_the_series_colours(tmp_path):
+    from tinyseg.plot import COLORS
+    img = _plot(tmp_path, {"only": [1.0, 2.0, 3.0]})
+    assert np.all(img == COLORS[1], axis=2).sum() == 0
+    assert np.all(img == COLORS[0], axis=2)[:, 720 - 100:].sum() > 0   # swatch in the legend
+
+
+def test_log_axis_reaches_the_largest_decade(tmp_path):
+    from tinyseg.plot import COLORS
+    img = _plot(tmp_path, {"a": [1.0, 10.0, 100.0]}, logy=True)
+    hit = np.all(img == COLORS[0], axis=2)
+    # top of the axes is row 18 (no title): y = 100 is drawn there, nothing above it
+    assert hit[:14].sum() == 0
+    assert hit[14:23].sum() > 0

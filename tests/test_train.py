@@ -4,6 +4,7 @@ All runs use the ``tiny`` preset on a made-up COCO directory (``tinyseg.data.fix
 32×32 images, a 3-pool Tiramisu, a handful of batches, so each run takes seconds once the
 numba kernels are compiled.
 """
+import os
 import json
 import math
 
@@ -467,3 +468,105 @@ def test_an_epoch_is_its_images_rounded_up_to_whole_batches():
     assert TrainConfig(epoch_images=8, batch_size=4).steps_per_epoch(100) == 2
     assert TrainConfig(epoch_images=3, batch_size=8).steps_per_epoch(100) == 1
     assert TrainConfig(epoch_images=None, batch_size=8).steps_per_epoch(170) == 22
+
+
+@pytest.fixture(scope="module")
+def stopped_run(data, tmp_path_factory):
+    """A tiny run stopped at once by --max-minutes through the command."""
+    from tinyseg.cli import run_main
+    from tinyseg.train import main
+    import numba
+    root, cache = data
+    out = tmp_path_factory.mktemp("runs") / "run"
+    before = numba.get_num_threads()
+    saved = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                            "MKL_NUM_THREADS")}
+    try:
+        rc = run_main(main, "tinyseg.train",
+                      ["--preset", "tiny", "--data", str(root), "--cache", str(cache),
+                       "--out", str(out), "--epochs", "1", "--quiet", "--threads", "1",
+                       "--max-minutes", "1e-9"])
+        rc2 = run_main(main, "tinyseg.train",
+                       ["--resume", str(out), "--max-minutes", "1e-9", "--cache", str(cache),
+                        "--quiet", "--no-test"])
+    finally:
+        numba.set_num_threads(before)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return out, rc, rc2
+
+
+def test_a_time_budget_stop_exits_130_with_last_npz(stopped_run):
+    out, rc, _ = stopped_run
+    assert rc == 130 and (out / "last.npz").is_file()
+
+
+def test_max_minutes_is_allowed_when_resuming(stopped_run):
+    _, _, rc2 = stopped_run
+    assert rc2 == 130
+
+
+def test_config_json_records_the_data_mean_and_std(stopped_run):
+    from tinyseg.checkpoint import read
+    out, _, _ = stopped_run
+    conf = json.loads((out / "config.json").read_text())
+    meta = read(out / "last.npz")[2]
+    assert conf["data"]["mean"] == meta["mean"]
+    assert conf["data"]["std"] == meta["std"]
+    assert conf["data"]["std"] != conf["data"]["mean"]
+
+
+def test_the_time_budget_counts_earlier_sessions(data, tmp_path):
+    from tinyseg.train import Trainer, load_data, preset_config
+    root, cache = data
+    cfg = preset_config("tiny", data=str(root), epoch_images=8, val_limit=6)
+    train, val = load_data(cfg, cache, progress=False)
+    tr = Trainer(cfg, train, val, tmp_path / "run", report=lambda *a: None, max_seconds=60.0)
+    tr.elapsed = 120.0                       # earlier sessions already took 2 minutes
+    result = tr.run(handle_sigint=False)
+    assert (result["status"], result["reason"]) == ("stopped", "time budget reached")
+    assert (result["epoch"], result["batch"]) == (0, 0)
+
+
+def test_resume_with_the_same_init_given_relative_is_no_change(tmp_path, monkeypatch):
+    from tinyseg.train import _given_flags, _resume_changes, build_parser
+    (tmp_path / "w.npz").write_bytes(b"")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"init": str(tmp_path / "w.npz")}}))
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    argv = ["--resume", str(run), "--init", "w.npz"]
+    args = parser.parse_args(argv)
+    assert _resume_changes(args, parser, run, _given_flags(parser, argv)) == []
+    argv = ["--resume", str(run), "--init", "other.npz"]
+    args = parser.parse_args(argv)
+    assert _resume_changes(args, parser, run, _given_flags(parser, argv)) == ["init"]
+
+
+def test_epoch_picture_counts_only_the_picture_not_the_padding(data, tmp_path, monkeypatch):
+    import tinyseg.train as train_mod
+    import tinyseg.viz as viz
+    from tinyseg.train import Trainer, eval_inside, load_data, preset_config
+    root, cache = data
+    cfg = preset_config("tiny", data=str(root), epoch_images=8, val_limit=6)
+    train, val = load_data(cfg, cache, progress=False)
+    tr = Trainer(cfg, train, val, tmp_path / "run", report=lambda *a: None)
+    # a model that says "person" everywhere, padding included
+    monkeypatch.setattr(train_mod, "predict_labels",
+                        lambda model, x, batch_size: np.ones((len(x),) + x.shape[2:], np.int64))
+    seen = {}
+    real_grid = viz.grid
+    monkeypatch.setattr(viz, "grid", lambda tiles, ncols, labels: seen.setdefault(
+        "labels", labels) and real_grid(tiles, ncols=ncols, labels=labels))
+    tr._draw()
+    want = []
+    for i in tr.picture_idx:
+        inside = eval_inside(val.boxes[i], val.images.shape[1])
+        assert inside.sum() < inside.size               # there is padding to leave out
+        t = val.masks[i] != 0
+        want.append(f"prediction, IoU {t.sum() / inside.sum():.2f}")
+    assert seen["labels"][2::3] == want

@@ -50,3 +50,33 @@ def test_frame_and_save_png(tmp_path):
     p = save_png(tmp_path / "sub" / "x.png", f)
     np.testing.assert_array_equal(np.asarray(Image.open(p)), f)
     assert not list((tmp_path / "sub").glob("*.tmp"))
+
+
+def test_overlay_blends_alpha_of_the_colour():
+    from tinyseg.viz import overlay
+    img = np.zeros((3, 3, 3), np.uint8)
+    img[...] = (100, 200, 0)
+    mask = np.zeros((3, 3), np.uint8)
+    mask[1, 1] = 1
+    out = overlay(img, mask, color=(200, 0, 100), alpha=0.25, edge=False)
+    want = img.copy()
+    want[1, 1] = (125, 150, 25)          # 0.75 * image + 0.25 * colour
+    np.testing.assert_array_equal(out, want)
+
+
+def test_outline_includes_the_image_border():
+    from tinyseg.viz import outline
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    np.testing.assert_array_equal(outline(np.ones((3, 3), np.uint8)), ring)
+
+
+def test_grid_centres_each_image_in_its_cell():
+    from tinyseg.viz import grid
+    a = np.full((4, 10, 3), 10, np.uint8)      # wide: cell is 8 high, 10 wide
+    b = np.full((8, 2, 3), 20, np.uint8)       # tall
+    out = grid([a, b], ncols=2, pad=0, background=(255, 255, 255))
+    want = np.full((8, 20, 3), 255, np.uint8)
+    want[2:6, 0:10] = 10                       # (8 - 4) // 2 = 2 rows down
+    want[0:8, 10 + 4:10 + 6] = 20              # (10 - 2) // 2 = 4 columns right
+    np.testing.assert_array_equal(out, want)

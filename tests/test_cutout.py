@@ -73,20 +73,24 @@ def test_exif_orientation_is_applied(tmp_path):
     assert read_photo(tmp_path / "plain.jpg").shape == plain.shape
 
 
+class _StandIn:
+    """What the prediction code needs of a network: ``eval``, ``train``, ``forward``."""
+
+    training = False
+
+    def eval(self):
+        pass
+
+    def train(self, mode=True):
+        pass
+
+
 def test_photo_probability_lines_up_with_the_photo(ckpt):
     """A stand-in network that calls the left half of its input "person": the probability
     map, cropped from the letterbox and resized, must have its edge in the photo's middle."""
     pred = Predictor.from_file(ckpt)
 
-    class LeftHalf:
-        training = False
-
-        def eval(self):
-            pass
-
-        def train(self, mode=True):
-            pass
-
+    class LeftHalf(_StandIn):
         def forward(self, x):
             # person where the red channel is bright: the test paints the photo's left half
             z = (x[:, 0] > 0).astype(np.float32) * 20 - 10
@@ -252,17 +256,9 @@ def test_prediction_helpers_name_bad_arguments():
             photo_probability(predictor, rgb)
 
 
-class _LeftColumn:
+class _LeftColumn(_StandIn):
     """A stand-in network, blind to its input: person probability 0.9 in column 0, 0.2 in
     every other column (not mirror-symmetric, so a mirrored map not flipped back shows)."""
-
-    training = False
-
-    def eval(self):
-        pass
-
-    def train(self, mode=True):
-        pass
 
     def forward(self, x):
         z = np.full((x.shape[0], x.shape[2], x.shape[3]), np.log(0.2 / 0.8), np.float32)

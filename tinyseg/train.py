@@ -1051,9 +1051,8 @@ def _resume_changes(args, parser, run_dir: Path, given: Optional[set] = None) ->
             continue
     changes = []
     for key, value in vars(args).items():
-        if key in _RESUME_OK or value is None:
-            continue
-        if key not in given if given is not None else value == parser.get_default(key):
+        was_given = key in given if given is not None else value != parser.get_default(key)
+        if key in _RESUME_OK or value is None or not was_given:
             continue
         if key == "model_overrides":
             try:

@@ -261,10 +261,6 @@ def cmd_info(args, filters: FilterConfig) -> int:
     return 0
 
 
-#: Largest contact sheet ``show`` draws (tiles × size²): 100 megapixels, about 0.3 GB as RGB.
-MAX_SHEET_PIXELS = 100_000_000
-
-
 def _cache_lines(sel, cache_dir: Path, size: Optional[int]) -> List[str]:
     """One line per training size: is the cache of these filters built there?  ``size``
     None: every size with a cache file of this data root (the key tells which of them
@@ -288,6 +284,10 @@ def _cache_lines(sel, cache_dir: Path, size: Optional[int]) -> List[str]:
         lines.append(f"cache: not built yet for these filters (in {cache_dir / 'data'}; "
                      "training builds it)")
     return lines
+
+
+#: Largest contact sheet ``show`` draws (tiles × size²): 100 megapixels, about 0.3 GB as RGB.
+MAX_SHEET_PIXELS = 100_000_000
 
 
 def cmd_show(args, filters: FilterConfig) -> int:

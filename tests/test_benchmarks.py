@@ -412,3 +412,20 @@ def test_provisional_when_a_row_was_shared(tmp_path, monkeypatch):
     run._write(shared, tmp_path, "t")
     assert (tmp_path / "t.md").read_text().strip() == "provisional=True"
     assert json.loads((tmp_path / "t.json").read_text())["provisional"] is True
+
+
+def test_benchmark_concat_reference_three_inputs():
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((2, c, 3, 4)).astype(np.float32) for c in (2, 3, 5)]
+    np.testing.assert_array_equal(cases.concat_reference(xs), np.concatenate(xs, axis=1))
+
+
+def test_benchmark_work_of_conv_transpose_counts_input_pixels():
+    call = {"kernel": "conv.conv_transpose2d_forward",
+            "args": {"x": {"shape": [2, 3, 5, 4], "dtype": "float32"},
+                     "weight": {"shape": [3, 7, 3, 3], "dtype": "float32"},
+                     "stride": {"value": 2}, "padding": {"value": 0},
+                     "output_padding": {"value": 0}}}
+    flops, _ = cases.work(call)
+    # every input value stamps a 3x3 kernel onto 7 output maps: 2 flops per multiply-add
+    assert flops == 2.0 * 2 * 3 * 5 * 4 * 7 * 3 * 3

@@ -289,3 +289,20 @@ def test_softmax_person_of_large_logits():
         p = softmax_person(z)
     np.testing.assert_allclose(p[0, 0], [1 / (1 + np.exp(-1.0)), 1.0, 1 / (1 + np.exp(-1.0)),
                                          0.0], rtol=1e-6)
+
+
+def _eval_net(seed):
+    m = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(seed))
+    m.eval()
+    return m
+
+
+def test_predictor_from_file_mean_and_std(tmp_path):
+    p = save_model(tmp_path / "m.npz", _eval_net(0), make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    pred = Predictor.from_file(p)
+    np.testing.assert_allclose(pred.mean, [0.4, 0.5, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(pred.std, [0.2, 0.25, 0.3], rtol=1e-6)
+    img = np.full((1, 32, 32, 3), 153, np.uint8)                    # 0.6 of 255
+    x = pred.normalize(img)
+    np.testing.assert_allclose(x[0, :, 0, 0], (0.6 - np.array([0.4, 0.5, 0.6])) /
+                               np.array([0.2, 0.25, 0.3]), atol=1e-6)

@@ -369,3 +369,9 @@ def test_real_data_counts_match_the_readme(coco_root):
         rec = data.records[i]
         assert data.mask(i).sum() == pytest.approx(rec.anns[0]["area"], abs=1)
         assert data.mask(i).shape == (rec.height, rec.width)
+
+
+def test_fixture_crowd_area_is_its_pixel_count():
+    d = coco_dict([FakeImage(crowd=[(2, 3, 12, 8)], height=20, width=30)])
+    (ann,) = d["annotations"]
+    assert ann["iscrowd"] == 1 and ann["area"] == 10 * 5

@@ -162,3 +162,13 @@ def test_unletterbox_never_returns_padding(shape, size, out):
     square, box = letterbox(mask, size, nearest=True, fill=7)
     back = unletterbox(square, box, *out)
     assert back.shape == out and not (back == 7).any()
+
+
+def test_read_image_la_png(tmp_path):
+    from PIL import Image
+    v = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    a = np.full((3, 4), 7, np.uint8)
+    Image.fromarray(np.stack([v, a], axis=2), mode="LA").save(tmp_path / "la.png")
+    got = read_image(tmp_path / "la.png")
+    assert got.shape == (3, 4, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.repeat(v[:, :, None], 3, axis=2))

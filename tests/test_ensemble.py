@@ -16,7 +16,7 @@ from tinyseg.cli import run_main
 from tinyseg.ensemble import Ensemble, is_ensemble_file, load_ensemble, save_ensemble
 from tinyseg.infer import softmax_person
 from tinyseg.losses import softmax_cross_entropy
-from tinyseg.tiramisu import tiramisu_tiny
+from tinyseg.tiramisu import FORMAT_VERSION, tiramisu_tiny
 from tinyseg.train import command_line, main, preset_config
 
 from test_train import make_data
@@ -500,3 +500,71 @@ def test_a_damaged_ensemble_run_is_named_and_nothing_is_left_running(data, tmp_p
         err = capsys.readouterr().err
         assert code == 1 and err.startswith(f"tinyseg.train: error: {expected}"), err
         assert err.rstrip().endswith("last words"), err
+
+
+def _net(seed):
+    m = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(seed))
+    m.eval()
+    return m
+
+
+def test_save_ensemble_refuses_members_with_another_std(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    save_model(a, _net(0), make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    save_model(b, _net(1), make_meta(32, (0.4, 0.5, 0.6), (0.3, 0.3, 0.3)))
+    with pytest.raises(CheckpointError, match="b.npz: its std .* differs"):
+        save_ensemble(tmp_path / "e.npz", [a, b])
+
+
+def test_load_ensemble_refuses_an_older_member_format(tmp_path):
+    a = tmp_path / "a.npz"
+    save_model(a, _net(0), make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    e = save_ensemble(tmp_path / "e.npz", [a, a])
+    with np.load(e) as f:
+        data = {k: f[k] for k in f.files}
+    data["member1/__format__"] = np.array(FORMAT_VERSION - 1, dtype=np.int64)
+    np.savez(tmp_path / "old.npz", **data)
+    with pytest.raises(CheckpointError, match="member 1 has another weight-file format"):
+        load_ensemble(tmp_path / "old.npz")
+
+
+class _Fixed:
+    training = False
+
+    def __init__(self, z):
+        self.z = z
+
+    def forward(self, x):
+        return self.z
+
+    def train(self, mode=True):
+        pass
+
+
+def test_ensemble_log_probability_of_a_confident_member_is_log_softmax():
+    z = np.zeros((1, 2, 1, 3), np.float32)
+    z[0, 1, 0] = [-30.0, -60.0, 0.0]
+    got = Ensemble([_Fixed(z)]).forward(None).astype(np.float64)
+    zz = z.astype(np.float64)
+    want = zz - zz.max(axis=1, keepdims=True)
+    want = want - np.log(np.exp(want).sum(axis=1, keepdims=True))   # log_softmax (PyTorch)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_ensemble_join_refuses_to_overwrite_a_member_given_by_another_path(tmp_path, monkeypatch):
+    from tinyseg.ensemble import PROG, main as join_main
+    a = tmp_path / "a.npz"
+    save_model(a, _net(0), make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    before = a.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert run_main(join_main, PROG, [str(a), "a.npz", "a.npz"]) != 0
+    assert a.read_bytes() == before
+
+
+def test_load_ensemble_members_are_in_eval_mode(tmp_path):
+    a = tmp_path / "a.npz"
+    save_model(a, _net(0), make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    ens, _, _ = load_ensemble(save_ensemble(tmp_path / "e.npz", [a, a]))
+    assert not ens.training and not any(m.training for m in ens.members)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(ens.forward(x), ens.forward(x))   # no dropout

@@ -269,3 +269,48 @@ def test_brightness_is_luma_of_the_picture_inside_its_box():
     imgs[1, 0] = imgs[1, 3] = 255               # white padding: not counted
     boxes = np.array([[0, 0, 4, 4], [1, 0, 2, 4]])
     np.testing.assert_allclose(brightness(imgs, boxes), [0.299, 0.114], rtol=1e-12)
+
+
+def test_evaluate_command_scores_flipped_and_pictures_worst_n(setup, tmp_path, monkeypatch, capsys):
+    import tinyseg.evaluate as E
+    root, cache, ckpt = setup
+    base = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split",
+            "val", "--filter", "wide", "--json"]
+    assert run_main(E.main, "tinyseg.evaluate", base + ["--worst", "0", "--out",
+                                                        str(tmp_path / "a")]) == 0
+    plain = json.loads(capsys.readouterr().out)["filters"]["wide"]
+    assert run_main(E.main, "tinyseg.evaluate", base + ["--worst", "0", "--flip", "--out",
+                                                        str(tmp_path / "b")]) == 0
+    flipped = json.loads(capsys.readouterr().out)["filters"]["wide"]
+    # the flip-averaged scores are those of evaluate_dataset(flip=True), not of the plain image
+    from tinyseg.checkpoint import load_model
+    model, info = load_model(ckpt)
+    from tinyseg.data.cache import load_split
+    from tinyseg.data.coco import FILTER_PRESETS
+    ds = load_split(str(root), "val", 32, FILTER_PRESETS["wide"], str(cache), progress=False)
+    ev = E.evaluate_dataset(model, ds.images, ds.masks, ds.boxes, info["mean"], info["std"],
+                            flip=True)
+    assert flipped["person_iou"] == pytest.approx(ev.summary()["person_iou"], abs=1e-12)
+    assert flipped["person_iou"] != plain["person_iou"]
+    # --worst 3: the picture shows 3 images (pairs_per_row 2 -> 2 rows of 3-tile pairs)
+    seen = []
+    real = E.worst_picture
+    monkeypatch.setattr(E, "worst_picture", lambda *a, **k: (seen.append(a[4]), real(*a, **k))[1])
+    assert run_main(E.main, "tinyseg.evaluate", base + ["--worst", "3", "--out",
+                                                        str(tmp_path / "c")]) == 0
+    assert seen == [3]
+
+
+def test_evaluate_default_split_is_test():
+    from tinyseg.evaluate import build_parser
+    assert build_parser().parse_args([]).split == "test"
+
+
+def test_evaluate_worst_one(setup, tmp_path):
+    import tinyseg.evaluate as E
+    root, cache, ckpt = setup
+    out = tmp_path / "w1"
+    assert run_main(E.main, "tinyseg.evaluate", [
+        "--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split", "val",
+        "--filter", "wide", "--json", "--worst", "1", "--out", str(out)]) == 0
+    assert (out / "worst-wide.png").is_file()

@@ -346,3 +346,28 @@ def test_dtypes_are_kept():
         assert K.conv2d_forward(x, weight, None, 1, 1).dtype == dtype
         assert K.conv_transpose2d_forward(x, weight.transpose(1, 0, 2, 3).copy(), None, 2, 1,
                                           1).dtype == dtype
+
+
+@pytest.mark.parametrize("s,p", [(1, 1), (2, 1), (1, 2)])
+def test_reference_conv2d_backward_dx_is_adjoint_with_padding(s, p):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = R.conv2d_forward(x, w, None, s, p)
+    z = rng.standard_normal(y.shape)
+    dx, dw, _ = R.conv2d_backward(z, x, w, s, p)
+    # <conv(x), z> = <x, dx>   and   <conv(x; w), z> = <w, dw>
+    assert np.vdot(y, z) == pytest.approx(np.vdot(x, dx), rel=1e-10)
+    assert np.vdot(y, z) == pytest.approx(np.vdot(w, dw), rel=1e-10)
+
+
+@pytest.mark.parametrize("s,p,op", [(2, 1, 1), (1, 1, 0), (2, 2, 0)])
+def test_reference_conv_transpose2d_backward_is_adjoint_with_padding(s, p, op):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 4))
+    w = rng.standard_normal((3, 2, 3, 3))
+    y = R.conv_transpose2d_forward(x, w, None, s, p, op)
+    z = rng.standard_normal(y.shape)
+    dx, dw, _ = R.conv_transpose2d_backward(z, x, w, s, p, op)
+    assert np.vdot(y, z) == pytest.approx(np.vdot(x, dx), rel=1e-10)
+    assert np.vdot(y, z) == pytest.approx(np.vdot(w, dw), rel=1e-10)

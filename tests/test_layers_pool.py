@@ -86,3 +86,13 @@ def test_largest_kernel(rng):
     assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == x[0, 0, :, :11].max()
     dx = pool.backward(np.ones_like(y))
     assert dx[0, 0, :, :11].argmax() == x[0, 0, :, :11].argmax() and dx.sum() == 1
+
+
+def test_maxpool_backward_dtype_follows_input():
+    pool = MaxPool2d(2)
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    pool.forward(x)
+    dx = pool.backward(np.ones((1, 1, 2, 2), np.float64))
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 0, 0], [0, 1, 0, 1],
+                                             [0, 0, 0, 0], [0, 1, 0, 1]])

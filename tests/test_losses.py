@@ -172,3 +172,18 @@ def test_a_class_of_weight_zero_does_not_count():
     assert loss == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-10)
     assert not d.transpose(1, 0, 2, 3)[:, target == 1].any()
 
+
+def test_reference_loss_matches_torch_with_ignore_and_weights(torch):
+    from tinyseg.reference.loss import softmax_cross_entropy
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5))
+    t = rng.integers(0, 3, (2, 4, 5))
+    t[0, :2] = 255
+    w = np.array([0.5, 2.0, 1.0])
+    loss, d = softmax_cross_entropy(x, t, w, 255)
+    xt = torch.tensor(x, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(xt, torch.tensor(t), weight=torch.tensor(w),
+                                           ignore_index=255)
+    lt.backward()
+    assert loss == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(d, xt.grad.numpy(), rtol=1e-10, atol=1e-14)

@@ -21,8 +21,9 @@ from tinyseg.layers.base import Layer
 from tinyseg.layers.conv import ConvTranspose2d
 from tinyseg.memory import fresh_copy, training_step_peak
 from tinyseg.tiramisu import (ARCH_KEYS, FORMAT_VERSION, PRESETS, DenseBlock, DenseLayer,
-                              Tiramisu, TransitionDown, TransitionUp, fc_densenet56,
-                              fc_densenet67, fc_densenet103, tiramisu_small, tiramisu_tiny)
+                              Tiramisu, TransitionDown, TransitionUp, centre_crop_offsets,
+                              fc_densenet56, fc_densenet67, fc_densenet103, tiramisu_small,
+                              tiramisu_tiny)
 
 GRAD_TOL = 1e-6
 EQUAL_TOL = 1e-5
@@ -654,3 +655,28 @@ def test_too_small_for_batch_statistics_is_said_in_the_networks_words():
     assert model.forward(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 2, 8, 8)
     model.eval()                                   # running statistics: any size works
     assert model.forward(np.zeros((1, 3, 1, 1), np.float32)).shape == (1, 2, 1, 1)
+
+
+def _eval_net(seed):
+    m = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(seed))
+    m.eval()
+    return m
+
+
+def test_centre_crop_offsets_per_axis():
+    assert centre_crop_offsets((10, 20), (4, 8)) == (3, 6)
+    assert centre_crop_offsets((9, 4), (9, 1)) == (0, 1)
+
+
+def test_tiramisu_from_file_opens_a_training_checkpoint(tmp_path):
+    from tinyseg.checkpoint import make_meta, save_training
+    from tinyseg.optim import RMSprop
+    from tinyseg.tiramisu import Tiramisu
+    m = _eval_net(0)
+    opt = RMSprop(list(m.named_parameters()))
+    p = save_training(tmp_path / "last.npz", m, make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)),
+                      {"epoch": 1}, opt)
+    loaded = Tiramisu.from_file(p)
+    loaded.eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), m.forward(x))

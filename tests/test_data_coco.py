@@ -375,3 +375,50 @@ def test_fixture_crowd_area_is_its_pixel_count():
     d = coco_dict([FakeImage(crowd=[(2, 3, 12, 8)], height=20, width=30)])
     (ann,) = d["annotations"]
     assert ann["iscrowd"] == 1 and ann["area"] == 10 * 5
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "instances_x.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_an_image_of_zero_height_is_named(tmp_path):
+    data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
+    data["images"][0]["height"] = 0
+    path = _write(tmp_path, data)
+    with pytest.raises(DataError, match=r"images\[0\] \(id \d+\) has size \d+x0") as e:
+        read_coco_json(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_repeated_image_id_is_named(tmp_path):
+    data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)]), FakeImage()])
+    data["images"][1]["id"] = data["images"][0]["id"]
+    with pytest.raises(DataError, match=r"image id \d+ appears twice in 'images'"):
+        read_coco_json(_write(tmp_path, data))
+
+
+def test_an_annotation_without_an_id_is_named(tmp_path):
+    data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
+    del data["annotations"][0]["id"]
+    with pytest.raises(DataError, match=r"annotations\[0\] has no integer 'id'"):
+        read_coco_json(_write(tmp_path, data))
+
+
+def test_json_cut_after_a_decimal_point_is_called_truncated(tmp_path):
+    path = tmp_path / "instances_x.json"
+    path.write_text('{"images": [], "annotations": [], "categories": [], "area": 1.')
+    with pytest.raises(DataError, match="not valid JSON.*the file looks truncated"):
+        read_coco_json(path)
+
+
+def test_json_cut_inside_a_string_is_called_truncated(tmp_path):
+    """A file cut inside a string (likely for a half-downloaded file): json reports where the
+    string began, far from the end; the message said "starting at at" and no hint."""
+    text = json.dumps(coco_dict([FakeImage(persons=[(0, 0, 10, 10)])]))
+    path = tmp_path / "instances_x.json"
+    path.write_text(text[:text.index("file_name") + 14])
+    with pytest.raises(DataError, match=r"\(Unterminated string starting at line 1, column "
+                                        r"\d+\); the file looks truncated"):
+        read_coco_json(path)

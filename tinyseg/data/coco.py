@@ -270,8 +270,12 @@ def read_coco_json(path: PathLike, category: Optional[str] = None) -> dict:
     except UnicodeDecodeError:
         raise _fail(path, "not a text file, expected COCO instances JSON") from None
     except json.JSONDecodeError as e:
-        hint = "; the file looks truncated" if e.pos >= len(raw.rstrip()) - 1 else ""
-        raise _fail(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        # a cut-off file ends where the error is, or inside a string (json then reports
+        # where the string started)
+        cut = e.pos >= len(raw.rstrip()) - 1 or e.msg.startswith("Unterminated string")
+        hint = "; the file looks truncated" if cut else ""
+        where = "" if e.msg.endswith(" at") else " at"      # "Unterminated string starting at"
+        raise _fail(path, f"not valid JSON ({e.msg}{where} line {e.lineno}, column {e.colno})"
                           f"{hint}") from None
     check_coco(data, path, category)
     return data

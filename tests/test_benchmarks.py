@@ -252,6 +252,8 @@ def test_targets_verdicts():
     (["--reps", "0"], "--reps must be at least 1"),            # was silently 5
     (["--model-reps", "-1"], "--model-reps must be at least 1"),
     (["--model-budget", "0"], "--model-budget must be a number of seconds > 0"),
+    (["--max-shapes", "0"], "--max-shapes must be at least 1"),     # 0 meant "all shapes"
+    (["--threads", "0"], "--threads and --blas-threads must be at least 1"),
 ])
 def test_bad_flag_values_exit_2_with_a_message(flags, says, capsys):
     with pytest.raises(SystemExit) as e:

@@ -298,7 +298,8 @@ def _eval_net(seed):
 
 
 def test_predictor_from_file_mean_and_std(tmp_path):
-    p = save_model(tmp_path / "m.npz", _eval_net(0), make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    p = save_model(tmp_path / "m.npz", _eval_net(0),
+                   make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
     pred = Predictor.from_file(p)
     np.testing.assert_allclose(pred.mean, [0.4, 0.5, 0.6], rtol=1e-6)
     np.testing.assert_allclose(pred.std, [0.2, 0.25, 0.3], rtol=1e-6)
@@ -306,3 +307,13 @@ def test_predictor_from_file_mean_and_std(tmp_path):
     x = pred.normalize(img)
     np.testing.assert_allclose(x[0, :, 0, 0], (0.6 - np.array([0.4, 0.5, 0.6])) /
                                np.array([0.2, 0.25, 0.3]), atol=1e-6)
+
+
+def test_out_directory_is_created_with_its_parents(ckpt, tmp_path, capsys):
+    from tinyseg.cutout import main as cutout_main
+    write_jpeg(tmp_path / "p.jpg", 40, 30)
+    out = tmp_path / "a" / "b" / "c"
+    assert run_main(cutout_main, "tinyseg.cutout", [str(tmp_path / "p.jpg"), "-o", str(out),
+                                                    "--checkpoint", str(ckpt)]) == 0
+    with Image.open(out / "p-cutout.png") as im:
+        assert im.size == (40, 30) and im.mode == "RGBA"

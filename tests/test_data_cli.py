@@ -203,3 +203,39 @@ def test_show_refuses_a_sheet_too_large_to_draw(root, tmp_path, capsys):
                                str(tmp_path / "x.png")], capsys)
         assert code != 0 and "megapixels; at most 100" in err, err
         assert not (tmp_path / "x.png").exists()
+
+
+def _split_counts(out):
+    lines = [l.split() for l in out.splitlines()]
+    return {l[0]: (int(l[1]), float(l[2])) for l in lines
+            if l[:1] in (["train"], ["val"], ["test"]) and len(l) >= 4 and l[3] == "%"}
+
+
+def test_info_split_shares_are_percentages(root, tmp_path, capsys):
+    code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c")], capsys)
+    counts = _split_counts(out)
+    total = sum(n for n, _ in counts.values())
+    assert code == 0 and total == 12 and set(counts) == {"train", "val", "test"}
+    for n, share in counts.values():
+        assert share == pytest.approx(round(100.0 * n / total, 1))
+    assert sum(s for _, s in counts.values()) == pytest.approx(100.0, abs=0.2)
+
+
+def test_show_samples_only_the_chosen_split(root, tmp_path, capsys):
+    _, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(tmp_path / "c")], capsys)
+    counts = _split_counts(out)
+    for split, (n, _) in counts.items():
+        if n == 0:
+            continue
+        code, out, _ = _run(["show", "--data", str(root), "--split", split, "--n", "12",
+                             "--size", "16", "--out", str(tmp_path / f"{split}.png")], capsys)
+        assert code == 0 and f"({n} tiles from the {split} split" in out, (split, out)
+
+
+def test_show_augment_n_counts_tiles_one_sample_per_row(root, tmp_path, capsys):
+    code, out, _ = _run(["show", "--data", str(root), "--augment", "--size", "32", "--n", "8",
+                         "--cols", "2", "--split", "train", "--out", str(tmp_path / "a.png")],
+                        capsys)
+    assert code == 0 and "(8 tiles from the train split" in out, out   # 2 samples x 4
+    a = np.asarray(Image.open(tmp_path / "a.png"))
+    assert a.shape[1] > 4 * 32      # four tiles per row whatever --cols says

@@ -568,3 +568,40 @@ def test_load_ensemble_members_are_in_eval_mode(tmp_path):
     assert not ens.training and not any(m.training for m in ens.members)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(ens.forward(x), ens.forward(x))   # no dropout
+
+
+def test_join_records_each_member_seed_last_log_line_and_the_val_limit(data, tmp_path):
+    """The joined manifest records each member's seed, its log's last line and the
+    validation limit."""
+    import tinyseg.train_ensemble as te
+    root, cache = data
+    cfg = preset_config("tiny", data=str(root), val_limit=3, seed=5, members=2)
+    run = tmp_path / "ens"
+    for k, m in enumerate(nets(2)):
+        d = te.member_dir(run, k)
+        d.mkdir(parents=True)
+        save_model(d / "best.npz", m, make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+        (d / "log.jsonl").write_text(
+            json.dumps({"epoch": 1, "best_iou": 0.1, "best_epoch": 1, "elapsed": 1.0}) + "\n"
+            + json.dumps({"epoch": 2, "best_iou": 0.2 + k, "best_epoch": 2, "elapsed": 2.0})
+            + "\n")
+    manifest = {"members": 2}
+    assert te._join(run, manifest, cfg, str(cache), True, 1.0) == 0
+    saved = json.loads((run / te.MANIFEST).read_text())
+    assert [m["seed"] for m in saved["member_best"]] == [5, 6]
+    assert [m["best_iou"] for m in saved["member_best"]] == [0.2, 1.2]
+    assert [m["best_epoch"] for m in saved["member_best"]] == [2, 2]
+    assert saved["val"]["images"] == 3
+
+
+def test_resume_with_jobs_alone_changes_the_jobs(tmp_path, monkeypatch):
+    import tinyseg.train_ensemble as te
+    seen = {}
+    monkeypatch.setattr(te, "_run_members",
+                        lambda run_dir, manifest, jobs, *a: seen.update(jobs=jobs) or 0)
+    (tmp_path / te.MANIFEST).write_text(json.dumps(
+        {"members": 3, "jobs": 3, "threads": 2, "train": {"data": "/x"},
+         "member_commands": ["a", "b", "c"]}))
+    assert te.resume_ensemble(tmp_path, jobs=1, threads=None, cache=None, no_test=True,
+                              report=None) == 0
+    assert seen["jobs"] == 1

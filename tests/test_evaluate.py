@@ -314,3 +314,41 @@ def test_evaluate_worst_one(setup, tmp_path):
         "--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split", "val",
         "--filter", "wide", "--json", "--worst", "1", "--out", str(out)]) == 0
     assert (out / "worst-wide.png").is_file()
+
+
+def test_histogram_text_bars_are_rounded():
+    from tinyseg.evaluate import histogram_text
+    text = histogram_text({"images": 5, "histogram": [2, 3] + [0] * 8}, width=10)
+    lines = text.splitlines()
+    assert lines[0] == "  0.0-0.1     2 " + "#" * 7      # 10 * 2 / 3 = 6.67 -> 7
+    assert lines[1] == "  0.1-0.2     3 " + "#" * 10
+    assert lines[2] == "  0.2-0.3     0 " and len(lines) == 10
+
+
+def test_worst_picture_layout_and_labels(monkeypatch):
+    import tinyseg.viz as viz
+    from tinyseg.evaluate import evaluate_dataset, worst_picture
+    s = 4
+    masks = np.zeros((2, s, s), np.uint8)
+    masks[0, :2, :] = 1             # 8 px; predicted 4 of them: missed 50 %, extra 0 %
+    masks[1, :, :2] = 1             # 8 px; predicted 4 of them + 4 others: missed 50 %, extra 50 %
+    pred = np.zeros((2, s, s), int)
+    pred[0, :1, :] = 1
+    pred[1, :, 1:3] = 1
+    boxes = np.array([[0, 0, s, s], [0, 0, s, s]])
+    images = images_with_index(2, s)
+    ev = evaluate_dataset(Oracle(pred), images, masks, boxes, MEAN0, STD1, batch_size=2,
+                          keep_predictions=True)
+    seen = {}
+    monkeypatch.setattr(viz, "grid", lambda tiles, ncols, labels: seen.update(
+        n=len(tiles), ncols=ncols, labels=labels) or np.zeros((1, 1, 3), np.uint8))
+    worst_picture(images, masks, np.array([10, 11]), ev, 2, zoom=1, pairs_per_row=2)
+    assert seen["n"] == 6 and seen["ncols"] == 6
+    assert seen["labels"] == ["id 11", "truth", "IoU 0.33\nmissed 50%\nextra 50%",
+                              "id 10", "truth", "IoU 0.50\nmissed 50%\nextra 0%"]
+
+
+def test_a_blank_checkpoint_flag_is_called_empty(capsys):
+    from tinyseg.evaluate import main as evaluate_main
+    assert run_main(evaluate_main, "tinyseg.evaluate", ["--checkpoint", "  "]) == 1
+    assert "--checkpoint is empty" in capsys.readouterr().err

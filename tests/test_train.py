@@ -570,3 +570,32 @@ def test_epoch_picture_counts_only_the_picture_not_the_padding(data, tmp_path, m
         t = val.masks[i] != 0
         want.append(f"prediction, IoU {t.sum() / inside.sum():.2f}")
     assert seen["labels"][2::3] == want
+
+
+def test_command_line_repeats_the_val_limit():
+    cfg = preset_config("tiny", train_limit=9, val_limit=5, data="/some/where")
+    from tinyseg.train import _config_from_args
+    args = build_parser().parse_args(command_line(cfg).split()[3:])
+    again = _config_from_args(args)
+    again.data = args.data
+    assert again == cfg and again.val_limit == 5
+
+
+def test_picture_images_are_spread_over_the_validation_split(data, tmp_path):
+    tr = new_trainer(tiny(data, pictures=3), data, tmp_path / "run")
+    n = len(tr.val_data)
+    assert n >= 4
+    idx = tr.picture_idx.tolist()       # first, middle, last of the validation images
+    assert len(idx) == 3 and idx[0] == 0 and idx[-1] == n - 1 and 0 < idx[1] < n - 1
+
+
+def test_curves_plot_train_and_val_series_from_the_log(data, tmp_path, monkeypatch):
+    import tinyseg.plot as plot
+    seen = {}
+    monkeypatch.setattr(plot, "line_plot", lambda series, *a, **k: seen.update(series))
+    tr = new_trainer(tiny(data, epochs=1, pictures=0), data, tmp_path / "run")
+    tr.history = [{"epoch": 1, "loss": 0.9, "val_loss": 0.7, "train_iou": 0.3, "val_iou": 0.4},
+                  {"epoch": 2, "loss": 0.8, "val_loss": 0.6, "train_iou": 0.35, "val_iou": 0.5}]
+    tr._draw()
+    assert seen == {"train loss": ([1, 2], [0.9, 0.8]), "val loss": ([1, 2], [0.7, 0.6]),
+                    "train IoU": ([1, 2], [0.3, 0.35]), "val IoU": ([1, 2], [0.4, 0.5])}

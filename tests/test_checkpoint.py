@@ -201,3 +201,11 @@ def test_saved_files_get_the_umask_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(a).st_mode) == 0o640
     assert stat.S_IMODE(os.stat(b).st_mode) == 0o640
+
+
+def test_atomic_writes_make_missing_folders(tmp_path):
+    from tinyseg.io import atomic_save_npz, atomic_write_bytes, read_npz
+    path = atomic_save_npz(tmp_path / "a" / "b" / "x.npz", {"a": np.arange(3)})
+    np.testing.assert_array_equal(read_npz(path)["a"], [0, 1, 2])
+    atomic_write_bytes(tmp_path / "c" / "d" / "y.bin", b"abc")
+    assert (tmp_path / "c" / "d" / "y.bin").read_bytes() == b"abc"

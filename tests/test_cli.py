@@ -111,3 +111,29 @@ def test_blas_env_stays_one_thread_whatever_numba_gets(restore_threads):
     set_threads(2)
     assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                     "MKL_NUM_THREADS")] == ["1", "1", "1"]
+
+
+def test_help_formatter_shows_defaults_only_where_useful():
+    import argparse
+    from tinyseg.cli import HelpFormatter
+    p = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter)
+    p.add_argument("--flip", action="store_true", help="average with the mirror image")
+    p.add_argument("--size", type=int, default=64, help="input size")
+    p.add_argument("--out", default=None, help="where to write")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    text = " ".join(p.format_help().split())
+    assert "(default: 64)" in text
+    assert "(default: False)" not in text
+    assert "(default: None)" not in text
+    assert "(default: 0.001)" not in text
+
+
+def test_plain_warnings_restores_the_warning_printer():
+    import warnings
+    from tinyseg.cli import plain_warnings
+    before = warnings.showwarning
+    with plain_warnings("tinyseg.x"):
+        assert warnings.showwarning is not before
+    assert warnings.showwarning is before
+    assert run_main(lambda argv: 0, "tinyseg.x") == 0
+    assert warnings.showwarning is before

@@ -172,3 +172,21 @@ def test_read_image_la_png(tmp_path):
     got = read_image(tmp_path / "la.png")
     assert got.shape == (3, 4, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, np.repeat(v[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("h, w, size, expect", [
+    (30, 41, 20, (2, 0, 15, 20)),      # 30 * 20/41 = 14.63 -> 15, not 14
+    (41, 30, 20, (0, 2, 20, 15)),
+])
+def test_letterbox_box_rounds_to_nearest(h, w, size, expect):
+    assert letterbox_box(h, w, size) == expect
+
+
+def test_letterbox_box_column_keeps_one_pixel():
+    assert letterbox_box(500, 1, 16) == (0, 7, 16, 1)
+
+
+def test_read_image_names_a_directory(tmp_path):
+    (tmp_path / "photo.jpg").mkdir()
+    with pytest.raises(BadImage, match="is a directory"):
+        read_image(tmp_path / "photo.jpg")

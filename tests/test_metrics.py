@@ -169,3 +169,14 @@ def test_edge_arguments_are_answered_or_named():
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), ignore_index=1.5)
     with pytest.raises(ValueError, match="IoUMeter: ignore_index must be an int or None"):
         IoUMeter(2, ignore_index="x")
+
+
+def test_confusion_matrix_rows_are_truth_columns_are_prediction():
+    target = np.array([[1, 1, 1, 0]])
+    pred = np.array([[0, 0, 1, 0]])
+    cm = confusion_matrix(pred, target, num_classes=2)
+    # truth 1 predicted 0 twice (missed person pixels): C[1, 0] = 2, C[0, 1] = 0
+    np.testing.assert_array_equal(cm, [[1, 0], [2, 1]])
+    K3 = confusion_matrix(np.array([[2, 2, 0]]), np.array([[0, 1, 0]]), num_classes=3)
+    np.testing.assert_array_equal(K3, [[1, 0, 1], [0, 0, 1], [0, 0, 0]])
+    np.testing.assert_allclose(iou_per_class(K3), [0.5, 0.0, 0.0], atol=1e-12)

@@ -81,3 +81,11 @@ def test_log_axis_reaches_the_largest_decade(tmp_path):
     # top of the axes is row 18 (no title): y = 100 is drawn there, nothing above it
     assert hit[:14].sum() == 0
     assert hit[14:23].sum() > 0
+
+
+@pytest.mark.parametrize("lo, hi, expect", [
+    (0, 14, [0, 2, 4, 6, 8, 10, 12, 14]),          # step 2 (8 ticks) ties step 5 (4 ticks)
+    (0, 1.4, [0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]),
+])
+def test_nice_ticks_tie_keeps_the_finer_step(lo, hi, expect):
+    np.testing.assert_allclose(nice_ticks(lo, hi), expect, atol=1e-12)

@@ -1,0 +1,155 @@
+"""lessons/experiments: the after-training probes the README reports (clean-up, guided filter,
+threshold, input sizes). Their pieces against hand-worked values and brute force; each script
+run on a made-up data root, its plain row equal to what ``tinyseg.evaluate`` scores."""
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from tinyseg.checkpoint import make_meta, save_model
+from tinyseg.data.cache import load_split
+from tinyseg.data.fixture import FakeImage, make_coco_dir
+from tinyseg.evaluate import evaluate_dataset
+from tinyseg.tiramisu import tiramisu_tiny
+
+sys.path.insert(0, str(REPO / "lessons" / "experiments"))
+import cleanup  # noqa: E402
+import full_resolution  # noqa: E402
+import sizes  # noqa: E402
+import threshold  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread_module):
+    """These tests run whole inference loops: one numba thread (see conftest)."""
+
+
+# -- the pieces ----------------------------------------------------------------------------
+def test_regions_are_four_connected():
+    m = np.array([[1, 1, 0, 0, 1],
+                  [1, 0, 0, 1, 0],    # (1, 3) touches (0, 4) only diagonally: two regions
+                  [0, 0, 0, 1, 1],
+                  [1, 0, 0, 0, 0]], dtype=bool)
+    labels, sizes_ = cleanup.regions(m)
+    assert sizes_ == [3, 1, 3, 1]
+    assert labels[0, 0] == labels[0, 1] == labels[1, 0] == 1
+    assert labels[0, 4] == 2 and labels[1, 3] == labels[2, 3] == labels[2, 4] == 3
+    assert labels[3, 0] == 4 and np.all(labels[~m] == 0)
+
+
+def test_keep_large_and_fill_holes():
+    m = np.zeros((7, 9), dtype=bool)
+    m[1:6, 1:6] = True          # a 5x5 square, 25 pixels ...
+    m[3, 3] = False             # ... with a one-pixel hole: 24
+    m[0:2, 7:9] = True          # 4 pixels
+    m[6, 8] = True              # 1 pixel
+    assert cleanup.keep_large(m, 1.0).sum() == 24
+    assert cleanup.keep_large(m, 0.15).sum() == 28      # 4 >= 0.15 * 24, 1 < 3.6
+    assert cleanup.keep_large(m, 0.0).sum() == 29
+    filled = cleanup.fill_holes(m)
+    assert filled[3, 3] and filled.sum() == 30           # the hole, nothing else
+    notch = m.copy()
+    notch[3, 0:4] = False                                 # the hole opened to the border
+    assert cleanup.fill_holes(notch).sum() == notch.sum()
+    assert not cleanup.keep_large(np.zeros((3, 3), bool), 1.0).any()
+
+
+def test_apply_leaves_the_padding_alone():
+    pred = np.zeros((1, 6, 6), dtype=bool)
+    pred[0, 0, :] = True                    # in the padding (box starts at row 1)
+    pred[0, 2:4, 1:5] = True
+    pred[0, 5, 5] = True                    # a stray pixel inside the box
+    out = cleanup.apply(lambda m: cleanup.keep_large(m, 1.0), pred, np.array([[1, 0, 5, 6]]))
+    assert out[0, 0].all() and out[0, 2:4, 1:5].all() and not out[0, 5, 5]
+
+
+@pytest.mark.parametrize("r", [0, 1, 3, 20])
+def test_box_mean_against_brute_force(r):
+    a = np.random.default_rng(r).random((7, 11))
+    want = np.array([[a[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1].mean()
+                      for x in range(11)] for y in range(7)])
+    np.testing.assert_allclose(full_resolution.box_mean(a, r), want, rtol=1e-12, atol=1e-12)
+
+
+def test_guided_filter_known_cases():
+    rng = np.random.default_rng(0)
+    guide = rng.random((12, 10))
+    # filtering the guide itself with eps -> 0: a = 1, b = 0 in every window, q = guide
+    np.testing.assert_allclose(full_resolution.guided_filter(guide, guide, 2, 1e-12), guide,
+                               atol=1e-6)
+    # a flat guide: a = 0, b = mean(p), q = the box mean of the box mean of p
+    p = rng.random((12, 10))
+    flat = np.full((12, 10), 0.3)
+    box = full_resolution.box_mean
+    np.testing.assert_allclose(full_resolution.guided_filter(flat, p, 2, 1e-3),
+                               box(box(p, 2), 2), atol=1e-12)
+
+
+def test_grey_weights():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
+    np.testing.assert_allclose(full_resolution.grey(rgb), [[0.299, 0.587, 0.114, 1.0]])
+
+
+def test_thresholds_include_the_plain_one():
+    assert 0.5 in list(threshold.THRESHOLDS) and threshold.THRESHOLDS[0] == 0.3
+
+
+# -- the scripts, on made-up data ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    rng = np.random.default_rng(3)
+    specs = []
+    for _ in range(40):
+        w, h = int(rng.integers(26, 40)), int(rng.integers(30, 44))
+        x0, y0 = int(rng.integers(0, 64 - w)), int(rng.integers(0, 48 - h))
+        specs.append(FakeImage(persons=[(x0, y0, x0 + w, y0 + h)]))
+    make_coco_dir(root, specs, seed=3)
+    cache = tmp_path_factory.mktemp("cache")
+    train = load_split(root, "train", 32, cache_dir=cache, progress=False)
+    ckpt = save_model(tmp_path_factory.mktemp("m") / "model.npz",
+                      tiramisu_tiny(rng=np.random.default_rng(0)),
+                      make_meta(32, train.mean, train.std))
+    return root, cache, ckpt
+
+
+def plain_ious(text: str, row: str):
+    line = next(ln for ln in text.splitlines() if ln.startswith(row))
+    return [float(v) for v in line.split()[-2:]]
+
+
+def evaluate_iou(setup, split: str) -> float:
+    from tinyseg.checkpoint import load_model
+    root, cache, ckpt = setup
+    model, info = load_model(ckpt)
+    ds = load_split(root, split, 32, cache_dir=cache, progress=False)
+    return evaluate_dataset(model, ds.images, ds.masks, ds.boxes, info["mean"],
+                            info["std"]).person_iou
+
+
+@pytest.mark.parametrize("script, row", [(cleanup, "plain (threshold 0.5)"),
+                                         (threshold, "threshold 0.50"),
+                                         (sizes, "32px, brought to 32px")])
+def test_plain_row_is_what_evaluate_scores(setup, capsys, script, row):
+    root, cache, ckpt = setup
+    script.main(["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache)])
+    val, test = plain_ious(capsys.readouterr().out, row)
+    assert val == pytest.approx(evaluate_iou(setup, "val"), abs=5e-5)
+    assert test == pytest.approx(evaluate_iou(setup, "test"), abs=5e-5)
+
+
+def test_full_resolution_script(setup, capsys):
+    """The plain row scores cutout's own probabilities at each photo's size: recomputed
+    here image by image with ``Predictor.photo_probability``."""
+    from tinyseg.infer import Predictor
+    root, cache, ckpt = setup
+    full_resolution.main(["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache)])
+    text = capsys.readouterr().out
+    val, _ = plain_ious(text, "plain (bilinear")
+    predictor = Predictor.from_file(ckpt)
+    pairs = [(predictor.photo_probability(rgb) >= 0.5, truth)
+             for rgb, truth in full_resolution.photos("val", "default", root, cache)]
+    assert len(pairs) > 0 and pairs[0][0].shape == (48, 64)
+    assert val == pytest.approx(full_resolution.pooled_iou(pairs), abs=5e-5)
+    assert "guided filter r=8, eps=0.01" in text and "best on validation" in text

@@ -944,7 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lr", type=float, default=None,
       help=f"initial RMSprop learning rate (default: the preset's: {_preset_values('lr')})")
     a("--lr-decay", type=float, metavar="GAMMA", default=None,
-      help="learning-rate factor per epoch, lr_e = lr * GAMMA^e (the paper: 0.995) "
+      help="learning-rate factor per epoch: epoch e (from 1) trains at LR * GAMMA^(e-1) "
+           "(the paper: 0.995) "
            f"(default: the preset's: {_preset_values('lr_decay')})")
     a("--weight-decay", type=float, default=None,
       help="L2 weight decay added to the gradient (the paper: 1e-4) (default: 1e-4)")

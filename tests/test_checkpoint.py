@@ -209,3 +209,18 @@ def test_atomic_writes_make_missing_folders(tmp_path):
     np.testing.assert_array_equal(read_npz(path)["a"], [0, 1, 2])
     atomic_write_bytes(tmp_path / "c" / "d" / "y.bin", b"abc")
     assert (tmp_path / "c" / "d" / "y.bin").read_bytes() == b"abc"
+
+
+def test_weights_with_nan_are_refused_by_name(tmp_path):
+    """A damaged file whose weights hold NaN gave an all-transparent cut-out; it is refused,
+    naming the file and the weight."""
+    model = tiramisu_tiny(rng=np.random.default_rng(0))
+    path = save_model(tmp_path / "m.npz", model, make_meta(32, [0.5] * 3, [0.25] * 3))
+    arrays = dict(np.load(path))
+    name = next(k for k in arrays if k.endswith("running_var"))
+    arrays[name] = arrays[name].copy()
+    arrays[name][0] = np.nan
+    np.savez(tmp_path / "nan.npz", **arrays)
+    with pytest.raises(CheckpointError, match=f"nan.npz: '{name}' holds NaN or infinite"):
+        load_model(tmp_path / "nan.npz")
+    load_model(path)   # the undamaged file loads

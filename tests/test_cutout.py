@@ -317,3 +317,49 @@ def test_out_directory_is_created_with_its_parents(ckpt, tmp_path, capsys):
                                                     "--checkpoint", str(ckpt)]) == 0
     with Image.open(out / "p-cutout.png") as im:
         assert im.size == (40, 30) and im.mode == "RGBA"
+
+
+def test_pillow_warnings_name_the_photo(ckpt, tmp_path, capsys, monkeypatch):
+    """A Pillow warning about a photo (here: larger than Pillow's pixel limit, which warns
+    below twice the limit) is one line naming the photo, not Python's file:line format."""
+    photo = tmp_path / "big.png"
+    Image.new("RGB", (20, 20)).save(photo)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)
+    assert run_main(main, "tinyseg.cutout", [str(photo), "--checkpoint", str(ckpt),
+                                             "-o", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tinyseg.cutout: {photo}: warning: "), err
+    assert "DecompressionBombWarning" not in err[0] and "PIL/" not in err[0]
+    assert (tmp_path / "o" / "big-cutout.png").is_file()
+
+
+def test_damaged_checkpoint_is_a_one_line_error(ckpt, tmp_path, capsys):
+    """A checkpoint whose metadata holds a version that is not a number: exit 1, one line
+    naming the file (it was a ValueError traceback)."""
+    import json
+    arrays = dict(np.load(ckpt))
+    meta = json.loads(str(arrays["__meta__"]))
+    arrays["__meta__"] = np.array(json.dumps({**meta, "checkpoint_version": "abc"}))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "p.png"), "--checkpoint", str(bad),
+                                             "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyseg.cutout: error: ") and str(bad) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_soft_and_threshold_exclude_each_other(ckpt, tmp_path, capsys):
+    """``--soft`` makes the probability the alpha, so a ``--threshold`` given with it would be
+    silently ignored: refused instead. Alone, each works."""
+    photo = tmp_path / "p.jpg"
+    write_jpeg(photo, 20, 16)
+    base = [str(photo), "--checkpoint", str(ckpt), "-o", str(tmp_path / "o")]
+    assert run_main(main, "tinyseg.cutout", base + ["--soft", "--threshold", "0.3"]) == 1
+    assert "--threshold does not apply" in capsys.readouterr().err
+    assert run_main(main, "tinyseg.cutout", base + ["--soft"]) == 0
+    soft = np.asarray(Image.open(tmp_path / "o" / "p-cutout.png"))[..., 3]
+    assert run_main(main, "tinyseg.cutout", base + ["--threshold", "0.3"]) == 0
+    hard = np.asarray(Image.open(tmp_path / "o" / "p-cutout.png"))[..., 3]
+    assert set(np.unique(hard)) <= {0, 255} and not np.array_equal(soft, hard)

@@ -190,3 +190,16 @@ def test_read_image_names_a_directory(tmp_path):
     (tmp_path / "photo.jpg").mkdir()
     with pytest.raises(BadImage, match="is a directory"):
         read_image(tmp_path / "photo.jpg")
+
+
+def test_a_file_it_may_not_read_is_not_called_corrupt(tmp_path, monkeypatch):
+    """Permission denied says so (cutout reports it by name); it used to read "corrupt or
+    truncated ([Errno 13] ...)". Simulated, since root may read any file."""
+    import tinyseg.data.images as images
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(images.Image, "open", refuse)
+    with pytest.raises(BadImage) as e:
+        read_image(tmp_path / "p.png")
+    assert "permission denied" in str(e.value) and "corrupt" not in str(e.value)

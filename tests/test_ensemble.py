@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tinyseg.checkpoint import CheckpointError, load_model, make_meta, read, save_model
 from tinyseg.cli import run_main
@@ -605,3 +606,67 @@ def test_resume_with_jobs_alone_changes_the_jobs(tmp_path, monkeypatch):
     assert te.resume_ensemble(tmp_path, jobs=1, threads=None, cache=None, no_test=True,
                               report=None) == 0
     assert seen["jobs"] == 1
+
+
+def test_command_never_overwrites_a_file_that_is_not_an_ensemble(tmp_path, capsys):
+    """``python -m tinyseg.ensemble run_a/best.npz run_b/best.npz`` (OUT forgotten) must not
+    replace run_a's trained model, nor a photo, by an ensemble of the rest."""
+    from tinyseg.ensemble import main as ensemble_main
+    member = save_model(tmp_path / "member.npz", nets(1)[0], make_meta(32, [0.5] * 3, [0.25] * 3))
+    model = tmp_path / "best.npz"
+    model.write_bytes(member.read_bytes())
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    for target in (model, photo):
+        before = target.read_bytes()
+        assert run_main(ensemble_main, "tinyseg.ensemble", [str(target), str(member)]) == 1
+        assert target.read_bytes() == before
+        err = capsys.readouterr().err
+        assert str(target) in err and "not an ensemble" in err
+    # an ensemble file may be written again
+    ens = save_ensemble(tmp_path / "ens.npz", [member, member])
+    assert run_main(ensemble_main, "tinyseg.ensemble", [str(ens), str(member)]) == 0
+    assert load_ensemble(ens)[2]["members"] == 1
+
+
+def _rewrite(src, dst, **changes):
+    arrays = dict(np.load(src))
+    arrays.update(changes)
+    np.savez(dst, **arrays)
+    return dst
+
+
+@pytest.mark.parametrize("entry", ["version", "format", "config", "members"])
+def test_damaged_entries_are_checkpoint_errors(tmp_path, entry):
+    """A damaged version, member format, member config or member count names the file in a
+    CheckpointError (the commands' one-line error), not a ValueError or JSON traceback."""
+    member = save_model(tmp_path / "member.npz", nets(1)[0], make_meta(32, [0.5] * 3, [0.25] * 3))
+    ens = save_ensemble(tmp_path / "ens.npz", [member])
+    bad = tmp_path / "bad.npz"
+    if entry == "version":
+        meta = json.loads(str(np.load(member)["__meta__"]))
+        _rewrite(member, bad, __meta__=np.array(json.dumps({**meta, "checkpoint_version": "x"})))
+    elif entry == "format":
+        _rewrite(ens, bad, **{"member0/__format__": np.array("x")})
+    elif entry == "config":
+        _rewrite(ens, bad, **{"member0/__config__": np.array("{")})
+    else:
+        _rewrite(ens, bad, __ensemble__=np.array(json.dumps({"members": 0})))
+    with pytest.raises(CheckpointError, match=str(bad)):
+        load_model(bad)
+
+
+def test_a_member_given_twice_or_weights_that_do_not_fit_are_refused(tmp_path, capsys):
+    from tinyseg.ensemble import main as ensemble_main
+    member = save_model(tmp_path / "member.npz", nets(1)[0], make_meta(32, [0.5] * 3, [0.25] * 3))
+    assert run_main(ensemble_main, "tinyseg.ensemble",
+                    [str(tmp_path / "e.npz"), str(member), str(tmp_path / "." / "member.npz")]) == 1
+    assert "given twice" in capsys.readouterr().err
+    arrays = dict(np.load(member))
+    name = next(k for k in arrays if k.endswith("weight") and arrays[k].ndim == 4)
+    arrays[name] = arrays[name][:, :1]          # a weight cut to one input channel
+    np.savez(tmp_path / "cut.npz", **arrays)
+    assert run_main(ensemble_main, "tinyseg.ensemble",
+                    [str(tmp_path / "e.npz"), str(member), str(tmp_path / "cut.npz")]) == 1
+    assert "cut.npz: the weights do not fit" in capsys.readouterr().err
+    assert not (tmp_path / "e.npz").exists()

@@ -352,3 +352,29 @@ def test_a_blank_checkpoint_flag_is_called_empty(capsys):
     from tinyseg.evaluate import main as evaluate_main
     assert run_main(evaluate_main, "tinyseg.evaluate", ["--checkpoint", "  "]) == 1
     assert "--checkpoint is empty" in capsys.readouterr().err
+
+
+def test_a_run_directory_as_checkpoint_points_at_its_best(tmp_path, capsys):
+    """``--checkpoint runs/x`` (a folder) said "checkpoint not found"; it says it is a
+    folder and, when the folder holds one, names its best.npz."""
+    from tinyseg.evaluate import main as evaluate_main
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_main(evaluate_main, "tinyseg.evaluate", ["--checkpoint", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "is a directory, not a checkpoint file" in err and "did you mean" not in err
+    (run / "best.npz").write_bytes(b"x")
+    assert run_main(evaluate_main, "tinyseg.evaluate", ["--checkpoint", str(run)]) == 1
+    assert f"did you mean {run / 'best.npz'}?" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_refused_before_scoring(setup, tmp_path, capsys):
+    root, cache, ckpt = setup
+    out = tmp_path / "results.json"
+    out.write_text("mine")
+    args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache),
+            "--out", str(out)]
+    assert run_main(main, "tinyseg.evaluate", args) == 1
+    captured = capsys.readouterr()
+    assert "exists and is not a folder" in captured.err and "scoring" not in captured.err
+    assert out.read_text() == "mine"

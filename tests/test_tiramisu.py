@@ -680,3 +680,11 @@ def test_tiramisu_from_file_opens_a_training_checkpoint(tmp_path):
     loaded.eval()
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(loaded.forward(x), m.forward(x))
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_memory_efficient_must_be_a_bool(value):
+    """``--model-overrides '{"memory_efficient": "no"}'`` was taken as True (a non-empty
+    string); anything but true or false is refused."""
+    with pytest.raises(ValueError, match="memory_efficient must be true or false"):
+        Tiramisu(first_filters=8, growth_rate=4, layers=1, pools=2, memory_efficient=value)

@@ -599,3 +599,32 @@ def test_curves_plot_train_and_val_series_from_the_log(data, tmp_path, monkeypat
     tr._draw()
     assert seen == {"train loss": ([1, 2], [0.9, 0.8]), "val loss": ([1, 2], [0.7, 0.6]),
                     "train IoU": ([1, 2], [0.3, 0.35]), "val IoU": ([1, 2], [0.4, 0.5])}
+
+
+def test_out_refuses_an_ensemble_run_directory(tmp_path, capsys):
+    """``--out`` naming an ensemble run (ensemble.json, no config.json) is refused like any run
+    directory: a single run there would write its best.npz over the ensemble's."""
+    run = tmp_path / "ens"
+    run.mkdir()
+    (run / "ensemble.json").write_text("{}")
+    (run / "best.npz").write_bytes(b"PK the ensemble")
+    root = make_data(tmp_path / "coco", n=12)
+    code = run_main(main, "tinyseg.train", ["--tiny", "--data", str(root), "--cache",
+                                            str(tmp_path / "cache"), "--out", str(run), "--quiet"])
+    assert code == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "best.npz").read_bytes() == b"PK the ensemble"
+    assert not (run / "config.json").exists()
+
+
+def test_more_pools_than_the_size_allows_are_refused(tmp_path, capsys):
+    """``--model-overrides '{"pools": 6}'`` at 32 px padded every image to 64 px without a word
+    (pools 10: to 1024 px); refused before the run directory is made."""
+    root = make_data(tmp_path / "coco", n=12)
+    out = tmp_path / "run"
+    code = run_main(main, "tinyseg.train", ["--tiny", "--data", str(root), "--cache",
+                                            str(tmp_path / "cache"), "--out", str(out),
+                                            "--model-overrides", '{"pools": 6}', "--quiet"])
+    assert code == 1
+    assert "--size 32 is smaller than 2^pools = 64" in capsys.readouterr().err
+    assert not (out / "config.json").exists()

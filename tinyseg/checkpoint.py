@@ -158,7 +158,12 @@ def read(path: PathLike) -> Tuple[dict, Dict[str, np.ndarray], dict, Optional[di
     if unknown:
         raise CheckpointError(f"{path}: unknown entry '{unknown[0]}' (written by a newer "
                               f"tinyseg?)")
-    if meta and int(meta.get("checkpoint_version", 0)) > CHECKPOINT_VERSION:
+    try:
+        version = int(meta.get("checkpoint_version", 0)) if meta else 0
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: damaged metadata (checkpoint_version "
+                              f"{meta.get('checkpoint_version')!r})") from None
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta['checkpoint_version']} is "
                               f"newer than this tinyseg reads ({CHECKPOINT_VERSION})")
     return config, data, meta, state, optim
@@ -173,6 +178,10 @@ def build_model(config: dict, state: Dict[str, np.ndarray], path: PathLike = "",
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the stored configuration "
                               f"({e})") from None
+    for name, v in state.items():
+        if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
+            raise CheckpointError(f"{path}: '{name}' holds NaN or infinite values (a damaged "
+                                  f"file, or weights from a run that diverged)")
     return model
 
 

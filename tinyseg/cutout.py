@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import PIL
 from PIL import Image, ImageColor
 
 from .cli import HelpFormatter, UserError, run_main, set_threads
@@ -124,6 +126,19 @@ def output_names(inputs: Sequence[str], out_dir: Path, suffix: str) -> List[Path
     return names
 
 
+def show_warnings(photo: str, caught: Sequence[warnings.WarningMessage]) -> None:
+    """Pillow's warnings about a photo (a damaged EXIF tag, a very large image) as one line
+    naming the photo, each once; any other warning as Python shows it."""
+    pil_dir = str(Path(PIL.__file__).parent)
+    said = set()
+    for w in caught:
+        if not w.filename.startswith(pil_dir):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in said:
+            said.add(str(w.message))
+            print(f"{PROG}: {photo}: warning: {w.message}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tinyseg.cutout",
@@ -144,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--background", metavar="COLOR", default=None,
       help="put the person on this solid colour instead of transparency (a name like "
            "'white', '#00ff00' or '0,255,0'); writes RGB")
-    a("--threshold", type=float, metavar="T", default=0.5,
-      help="person where the probability is at least this")
+    a("--threshold", type=float, metavar="T", default=None,
+      help="person where the probability is at least this (default: 0.5; not with --soft)")
     a("--soft", action="store_true",
       help="use the probability itself as the alpha instead of thresholding: soft edges, "
            "but where the model is unsure the background shows faintly and the person is "
@@ -164,8 +179,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .infer import Predictor
 
     args = build_parser().parse_args(argv)
-    if not 0.0 < args.threshold < 1.0:
-        raise UserError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.soft and args.threshold is not None:
+        raise UserError("--soft uses the probability itself as the alpha: --threshold does "
+                        "not apply")
+    threshold = 0.5 if args.threshold is None else args.threshold
+    if not 0.0 < threshold < 1.0:
+        raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
     if args.mask and args.background is not None:
         raise UserError("--mask and --background exclude each other")
     background = parse_color(args.background) if args.background is not None else None
@@ -187,8 +206,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             if Path(photo).resolve() == target.resolve():
                 raise BadImage("the output would overwrite the input; choose another -o")
-            w, h = cutout_file(predictor, photo, target, mode, args.threshold, args.soft,
-                               background, args.flip)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.filterwarnings("always", module=r"PIL\.")
+                w, h = cutout_file(predictor, photo, target, mode, threshold, args.soft,
+                                   background, args.flip)
+            show_warnings(photo, caught)
         except BadImage as e:
             failed += 1
             print(f"{PROG}: {photo}: skipped: {e}", file=sys.stderr)

@@ -125,7 +125,8 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
         if "__format__" not in data or _META not in data:
             raise CheckpointError(f"{mp}: not a model checkpoint (best.npz or last.npz of a "
                                   f"run)")
-        m = read(mp)[2]              # the checks load_model makes: format version, metadata
+        config, weights, m, _, _ = read(mp)   # the checks load_model makes: format version,
+        build_model(config, weights, mp)      # metadata, weights that fit the network
         checked_normalisation(mp, m)
         key = {n: m.get(n) for n in ("size", "mean", "std")}
         if meta is None:
@@ -159,6 +160,8 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
         info = json.loads(str(data.pop(ENSEMBLE)))
         meta = json.loads(str(data.pop(_META))) if _META in data else {}
         k_members = int(info["members"])
+        if k_members < 1:
+            raise ValueError(f"{k_members} members")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged ensemble entry ({e})") from None
     members = []
@@ -167,9 +170,14 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
         part = {n[len(prefix):]: v for n, v in data.items() if n.startswith(prefix)}
         if "__format__" not in part or "__config__" not in part:
             raise CheckpointError(f"{path}: member {k} of {k_members} is missing")
-        if int(part.pop("__format__")) != FORMAT_VERSION:
+        try:
+            version = int(part.pop("__format__"))
+            config = json.loads(str(part.pop("__config__")))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: member {k} has a damaged __format__ or __config__ "
+                                  f"entry ({e})") from None
+        if version != FORMAT_VERSION:
             raise CheckpointError(f"{path}: member {k} has another weight-file format version")
-        config = json.loads(str(part.pop("__config__")))
         members.append(build_model(config, part, f"{path} (member {k})"))
     ens = Ensemble(members)
     ens.eval()
@@ -189,8 +197,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("members", metavar="MEMBER.npz", nargs="+",
                         help="checkpoints trained on the same data (same size, mean, std)")
     args = parser.parse_args(argv)
-    if Path(args.out).resolve() in {Path(m).resolve() for m in args.members}:
+    members = [Path(m).resolve() for m in args.members]
+    if Path(args.out).resolve() in members:
         raise UserError(f"{args.out}: the output would overwrite one of its members")
+    twice = next((m for k, m in enumerate(args.members) if members[k] in members[:k]), None)
+    if twice is not None:
+        raise UserError(f"{twice}: given twice; an ensemble averages different networks")
+    if Path(args.out).exists() and not is_ensemble_file(args.out):
+        raise UserError(f"{args.out}: exists and is not an ensemble file; not overwriting it "
+                        "(the first name is the file to write: OUT.npz MEMBER.npz ...)")
     try:
         path = save_ensemble(args.out, args.members)
     except CheckpointError as e:

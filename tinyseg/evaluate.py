@@ -256,6 +256,9 @@ def resolve_checkpoint(arg: Optional[str]) -> Path:
             raise UserError("--checkpoint is empty: give a file, or leave the flag out for the "
                             "bundled model")
         path = Path(arg)
+        if path.is_dir():
+            hint = f": did you mean {path / 'best.npz'}?" if (path / "best.npz").is_file() else ""
+            raise UserError(f"{path}: is a directory, not a checkpoint file{hint}")
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found")
         return path
@@ -297,6 +300,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 + ("" if size == info["size"] else f"-{size}px") + ("-flip" if args.flip else ""))
         in_run = any((ckpt.parent / f).is_file() for f in ("config.json", "ensemble.json"))
         out = ckpt.parent / name if in_run else Path(name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (the results go in a folder: "
+                        f"results.json and the worst pictures)")
     results: Dict[str, dict] = {"checkpoint": str(ckpt), "split": args.split, "size": size,
                                 "flip": args.flip, "filters": {}}
     for name in dict.fromkeys(args.filter):

@@ -623,6 +623,9 @@ class Tiramisu(Layer):
         if (isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating))
                 or not 0.0 <= dropout < 1.0):
             raise ValueError(f"Tiramisu: dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(memory_efficient, (bool, np.bool_)):
+            raise ValueError(f"Tiramisu: memory_efficient must be true or false, got "
+                             f"{memory_efficient!r}")
         if eval_bn not in EVAL_BN_MODES:
             raise ValueError(f"Tiramisu: eval_bn must be one of {EVAL_BN_MODES}, got {eval_bn!r}")
         dtype = np.dtype(dtype)

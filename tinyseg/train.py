@@ -328,9 +328,15 @@ def build_model(cfg: TrainConfig) -> Tiramisu:
         overrides["dropout"] = cfg.dropout
     rng = np.random.default_rng([cfg.seed, _MODEL])
     try:
-        return MODEL_PRESETS[cfg.model](num_classes=2, rng=rng, **overrides)
+        model = MODEL_PRESETS[cfg.model](num_classes=2, rng=rng, **overrides)
     except (TypeError, ValueError) as e:
         raise UserError(f"cannot build model '{cfg.model}' with {overrides}: {e}") from None
+    reach = 2 ** model.config["pools"]
+    if reach > cfg.size:
+        raise UserError(f"--size {cfg.size} is smaller than 2^pools = {reach} ('{cfg.model}' "
+                        f"pools {model.config['pools']} times): every image would be padded to "
+                        f"{reach}x{reach}; use --size {reach} or more, or fewer pools")
+    return model
 
 
 def start_from(model: Tiramisu, path: str) -> None:
@@ -1112,7 +1118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cfg.init = str(Path(cfg.init).resolve())
             out = Path(args.out) if args.out else \
                 Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if (out / "config.json").exists():
+            if (out / "config.json").exists() or (out / ENSEMBLE_MANIFEST).exists():
                 raise UserError(f"{out} already holds a run: continue it with --resume {out} "
                                 "or choose another --out")
             t0 = time.perf_counter()

@@ -95,6 +95,8 @@ def read_image(path: PathLike, upright: bool = False) -> np.ndarray:
         raise BadImage("file not found") from None
     except IsADirectoryError:
         raise BadImage("is a directory") from None
+    except PermissionError:
+        raise BadImage("permission denied (cannot read the file)") from None
     except UnidentifiedImageError:
         raise BadImage("not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as e:

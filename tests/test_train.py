@@ -13,7 +13,7 @@ import pytest
 
 import tinyseg.train as train_mod
 from tinyseg.checkpoint import load_model, read
-from tinyseg.cli import run_main
+from tinyseg.cli import UserError, run_main
 from tinyseg.data.batches import normalize
 from tinyseg.data.fixture import FakeImage, make_coco_dir
 from tinyseg.train import (PRESETS, Divergence, Trainer, TrainConfig, build_parser,
@@ -105,6 +105,33 @@ def test_command_line_repeats_the_config():
         cfg = preset_config("small", members=members)
         args = build_parser().parse_args(command_line(cfg).split()[3:])
         assert train_mod._config_from_args(args) == cfg
+
+
+def test_person_weight_reaches_the_loss_and_the_command(data, tmp_path):
+    """``--person-weight W``: the training step's loss is the cross-entropy with class weights
+    [1, W] (the loss module, checked against PyTorch there); 1 is the plain loss; the
+    command line repeats it; 0 and nan are refused."""
+    from tinyseg.losses import softmax_cross_entropy
+    cfg = tiny(data, person_weight=2.5)
+    args = build_parser().parse_args(command_line(cfg).split()[3:])
+    again = train_mod._config_from_args(args)
+    again.data = cfg.data
+    assert again == cfg and "--person-weight" not in command_line(tiny(data))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = (rng.random((2, 32, 32)) < 0.3).astype(np.int64)
+    losses = {}
+    for w in (1.0, 2.5):
+        tr = new_trainer(tiny(data, person_weight=w), data, tmp_path / f"run{w}")
+        seen, forward = [], tr.model.forward
+        tr.model.forward = lambda xb: seen.append(forward(xb)) or seen[-1]
+        losses[w] = tr.train_step(x, y)
+        assert losses[w] == pytest.approx(softmax_cross_entropy(
+            seen[0], y, weight=None if w == 1.0 else [1.0, w])[0], rel=1e-6)
+    assert losses[2.5] > losses[1.0] * 1.05    # the person pixels (30 %) weigh more
+    for bad in (0.0, float("nan")):
+        with pytest.raises(UserError, match="--person-weight must be a finite number > 0"):
+            tiny(data, person_weight=bad).check()
 
 
 # -- a tiny run ----------------------------------------------------------------------------------

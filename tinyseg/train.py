@@ -99,6 +99,7 @@ class TrainConfig:
     lr: float = 2e-3                        # RMSprop learning rate η_0
     lr_decay: float = 0.85                  # γ: epoch e (from 1) at η_0 γ^(e−1)
     weight_decay: float = 1e-4              # λ (L2, added to the gradient)
+    person_weight: float = 1.0              # w: the loss weighs person pixels w, background 1
     rms_alpha: float = 0.99                 # α: v ← α v + (1 − α) g²
     rms_eps: float = 1e-8                   # ε in g / (√v + ε)
     dropout: Optional[float] = None         # None: the model preset's (0.2)
@@ -158,6 +159,9 @@ class TrainConfig:
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise UserError(f"--weight-decay must be a finite number >= 0, got "
                             f"{self.weight_decay}")
+        if not (self.person_weight > 0 and math.isfinite(self.person_weight)):
+            raise UserError(f"--person-weight must be a finite number > 0, got "
+                            f"{self.person_weight}")
         if not 0 <= self.rms_alpha < 1:
             raise UserError(f"--rms-alpha must be in [0, 1), got {self.rms_alpha}")
         if not (self.rms_eps > 0 and math.isfinite(self.rms_eps)):
@@ -243,6 +247,8 @@ def command_line(cfg: TrainConfig, out: Optional[str] = None,
         args += ["--init", cfg.init]
     if cfg.dropout is not None:
         args += ["--dropout", repr(cfg.dropout)]
+    if cfg.person_weight != 1.0:
+        args += ["--person-weight", repr(cfg.person_weight)]
     if cfg.train_limit is not None:
         args += ["--train-limit", str(cfg.train_limit)]
     if cfg.val_limit is not None:
@@ -493,7 +499,8 @@ class Trainer:
         """Forward, loss, backward, RMSprop step; returns the loss (raises on nan/inf)."""
         self.optimizer.zero_grad()
         logits = self.model.forward(x)
-        loss, dlogits = softmax_cross_entropy(logits, y)
+        w = self.cfg.person_weight   # 1: no weights at all, so the same bits as before
+        loss, dlogits = softmax_cross_entropy(logits, y, weight=None if w == 1.0 else [1.0, w])
         if not math.isfinite(loss):
             raise Divergence(self._divergence_message(loss))
         self.model.backward(dlogits)
@@ -955,6 +962,10 @@ def build_parser() -> argparse.ArgumentParser:
            f"(default: the preset's: {_preset_values('lr_decay')})")
     a("--weight-decay", type=float, default=None,
       help="L2 weight decay added to the gradient (the paper: 1e-4) (default: 1e-4)")
+    a("--person-weight", type=float, metavar="W", default=None,
+      help="weight of the person pixels in the training loss, background 1 (PyTorch's "
+           "CrossEntropyLoss weight=[1, W]); the validation loss and IoU are unweighted "
+           "(default: 1)")
     a("--rms-alpha", type=float, default=None,
       help="RMSprop smoothing constant of the squared-gradient average (default: 0.99)")
     a("--rms-eps", type=float, default=None,
@@ -1014,7 +1025,8 @@ def _config_from_args(args) -> TrainConfig:
     cfg = preset_config(
         args.preset, model=args.model, model_overrides=overrides, size=args.size,
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
-        weight_decay=args.weight_decay, rms_alpha=args.rms_alpha, rms_eps=args.rms_eps,
+        weight_decay=args.weight_decay, person_weight=args.person_weight,
+        rms_alpha=args.rms_alpha, rms_eps=args.rms_eps,
         dropout=args.dropout, augment=args.augment, init=args.init,
         recompute_bn=args.recompute_bn,
         seed=args.seed, filter=args.filter,

@@ -499,7 +499,7 @@ class Trainer:
         """Forward, loss, backward, RMSprop step; returns the loss (raises on nan/inf)."""
         self.optimizer.zero_grad()
         logits = self.model.forward(x)
-        w = self.cfg.person_weight   # 1: no weights at all, so the same bits as before
+        w = self.cfg.person_weight   # 1: no weights passed, the plain loss bit for bit
         loss, dlogits = softmax_cross_entropy(logits, y, weight=None if w == 1.0 else [1.0, w])
         if not math.isfinite(loss):
             raise Divergence(self._divergence_message(loss))

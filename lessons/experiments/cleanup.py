@@ -19,7 +19,7 @@ from collections import deque
 
 import numpy as np
 
-from common import open_predictor, parser, person_iou, predict_split, table
+from common import best_on_validation, open_predictor, parser, person_iou, predict_split, table
 
 
 def regions(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -99,9 +99,7 @@ def main(argv=None) -> None:
         rows.append((name, *ious))
     print(f"{predictor.path}, '{args.filter}' filter, {predictor.size}px")
     print(table(rows, ("clean-up", "val IoU", "test IoU")))
-    best = max(rows[1:], key=lambda r: r[1])
-    print(f"best on validation: {best[0]}, {best[1] - rows[0][1]:+.4f} val "
-          f"({best[2] - rows[0][2]:+.4f} test)")
+    print(best_on_validation(rows, rows[0]))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,13 @@ def open_predictor(checkpoint: str | None) -> Predictor:
     return Predictor.from_file(checkpoint or default_weights())
 
 
+def best_on_validation(rows, plain) -> str:
+    """The row with the highest validation IoU, as a change from the ``plain`` row."""
+    best = max((r for r in rows if r is not plain), key=lambda r: r[1])
+    return (f"best on validation: {best[0]}, {best[1] - plain[1]:+.4f} val "
+            f"({best[2] - plain[2]:+.4f} test) against {plain[0]}")
+
+
 def table(rows, header) -> str:
     """A plain-text table: ``rows`` of (name, val, test) floats."""
     lines = [f"{header[0]:<44} {header[1]:>8} {header[2]:>8}"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import open_predictor, parser, pooled_iou, table
+from common import best_on_validation, open_predictor, parser, pooled_iou, table
 from tinyseg.data.cache import read_record_image, select
 from tinyseg.data.coco import FILTER_PRESETS, load_coco
 
@@ -80,9 +80,7 @@ def main(argv=None) -> None:
     rows = [(name, results["val"][name], results["test"][name]) for name in results["val"]]
     print(f"{predictor.path}, '{args.filter}' filter, scored at each photo's own size")
     print(table(rows, ("full resolution", "val IoU", "test IoU")))
-    best = max(rows[1:], key=lambda r: r[1])
-    print(f"best on validation: {best[0]}, {best[1] - rows[0][1]:+.4f} val "
-          f"({best[2] - rows[0][2]:+.4f} test)")
+    print(best_on_validation(rows, rows[0]))
 
 
 if __name__ == "__main__":

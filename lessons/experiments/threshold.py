@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import open_predictor, parser, person_iou, predict_split, table
+from common import best_on_validation, open_predictor, parser, person_iou, predict_split, table
 
 THRESHOLDS = np.round(np.arange(0.30, 0.701, 0.05), 2)
 
@@ -26,10 +26,7 @@ def main(argv=None) -> None:
             for t in THRESHOLDS]
     print(f"{predictor.path}, '{args.filter}' filter, {predictor.size}px")
     print(table(rows, ("threshold", "val IoU", "test IoU")))
-    plain = rows[list(THRESHOLDS).index(0.5)]
-    best = max(rows, key=lambda r: r[1])
-    print(f"best on validation: {best[0]}, {best[1] - plain[1]:+.4f} val "
-          f"({best[2] - plain[2]:+.4f} test) against 0.50")
+    print(best_on_validation(rows, rows[list(THRESHOLDS).index(0.5)]))
 
 
 if __name__ == "__main__":

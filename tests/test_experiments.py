@@ -9,9 +9,10 @@ import pytest
 from conftest import REPO
 from tinyseg.checkpoint import make_meta, save_model
 from tinyseg.data.cache import load_split
-from tinyseg.data.fixture import FakeImage, make_coco_dir
 from tinyseg.evaluate import evaluate_dataset
 from tinyseg.tiramisu import tiramisu_tiny
+
+from test_train import make_data
 
 sys.path.insert(0, str(REPO / "lessons" / "experiments"))
 import cleanup  # noqa: E402
@@ -98,14 +99,7 @@ def test_thresholds_include_the_plain_one():
 # -- the scripts, on made-up data ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    rng = np.random.default_rng(3)
-    specs = []
-    for _ in range(40):
-        w, h = int(rng.integers(26, 40)), int(rng.integers(30, 44))
-        x0, y0 = int(rng.integers(0, 64 - w)), int(rng.integers(0, 48 - h))
-        specs.append(FakeImage(persons=[(x0, y0, x0 + w, y0 + h)]))
-    make_coco_dir(root, specs, seed=3)
+    root = make_data(tmp_path_factory.mktemp("coco"), n=40, seed=3)
     cache = tmp_path_factory.mktemp("cache")
     train = load_split(root, "train", 32, cache_dir=cache, progress=False)
     ckpt = save_model(tmp_path_factory.mktemp("m") / "model.npz",

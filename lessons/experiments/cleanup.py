@@ -19,7 +19,8 @@ from collections import deque
 
 import numpy as np
 
-from common import best_on_validation, open_predictor, parser, person_iou, predict_split, table
+from common import (best_on_validation, open_predictor, parser, person_iou, predict_split,
+                    table)
 
 
 def regions(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import best_on_validation, open_predictor, parser, person_iou, predict_split, table
+from common import (best_on_validation, open_predictor, parser, person_iou, predict_split,
+                    table)
 
 THRESHOLDS = np.round(np.arange(0.30, 0.701, 0.05), 2)
 

@@ -15,9 +15,9 @@ from common import open_predictor, parser, person_iou, predict_split, table
 from tinyseg.infer import resize_bilinear
 
 
-def to_size(sp, size: int, base) -> np.ndarray:
-    """The probabilities of ``sp`` (predicted at ``size``) in the squares of ``base``: each
-    photo's part cropped out and resized to its box at the base size, padding 0."""
+def to_size(sp, base) -> np.ndarray:
+    """The probabilities of ``sp`` (predicted at another size) in the squares of ``base``:
+    each photo's part cropped out and resized to its box at the base size, padding 0."""
     out = np.zeros(base.probs.shape, dtype=np.float32)
     for k in range(len(out)):
         top, left, h, w = sp.boxes[k]
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     predictor = open_predictor(args.checkpoint)
     sizes = args.sizes or [predictor.size - 8, predictor.size, predictor.size + 8]
-    rows, averaged = [], {}
+    averaged = {}
     for split in ("val", "test"):
         base = predict_split(predictor, split, args.filter, data=args.data, cache=args.cache)
         probs = {}
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
             if not np.array_equal(sp.ids, base.ids):
                 raise SystemExit(f"size {s}: the split holds other images than at "
                                  f"{predictor.size}px")
-            probs[s] = to_size(sp, s, base)
+            probs[s] = to_size(sp, base)
         for s in sizes:
             averaged.setdefault(f"{s}px, brought to {predictor.size}px", []).append(
                 person_iou(probs[s] >= 0.5, base.masks, base.boxes))

@@ -49,8 +49,9 @@ def test_kernels_match_reference(n, c, h, w, k, dtype, ties, seed):
     dr = R.maxpool2d_backward(dout, ar, x.shape, k)
     assert dk.shape == x.shape and dk.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(dk, dr)
-    assert np.sum(dk) == pytest.approx(np.sum(dout), rel=1e-5)  # every gradient lands once
-    assert np.count_nonzero(dk) <= dout.size
+    # every gradient lands once, unchanged: the non-zero values of dx are those of dout (a
+    # float32 sum compared with rel=1e-5 failed on cancellation: 21 values summing to -0.077)
+    np.testing.assert_array_equal(np.sort(dk[dk != 0]), np.sort(dout[dout != 0]))
 
 
 @pytest.mark.parametrize("mod", [K, R], ids=["kernel", "reference"])

@@ -655,3 +655,20 @@ def test_more_pools_than_the_size_allows_are_refused(tmp_path, capsys):
     assert code == 1
     assert "--size 32 is smaller than 2^pools = 64" in capsys.readouterr().err
     assert not (out / "config.json").exists()
+
+
+def test_a_run_that_never_reached_a_checkpoint_says_how_to_start_again(data, tmp_path, capsys):
+    """A run killed during its first epoch (say, out of memory) leaves config.json and no
+    last.npz: --resume has nothing to resume and the same --out is refused, and both say
+    to delete the folder (they used to point at each other)."""
+    root, cache = data
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"train": tiny(data).to_dict()}))
+    args = ["--tiny", "--data", str(root), "--cache", str(cache), "--out", str(out), "--quiet"]
+    assert run_main(main, "tinyseg.train", args) == 1
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and "delete the folder" in err
+    assert run_main(main, "tinyseg.train", ["--resume", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "delete the folder" in err

@@ -700,7 +700,8 @@ class Trainer:
             raise UserError(f"{run_dir}: not a run directory (no config.json)")
         if not (run_dir / "last.npz").is_file():
             raise UserError(f"{run_dir}: nothing to resume (no last.npz: the run stopped "
-                            "before its first checkpoint; start it again)")
+                            "before its first checkpoint); delete the folder and start the run "
+                            "again, or start it with another --out")
         try:
             saved = json.loads(cfg_path.read_text())
             cfg = TrainConfig.from_dict(saved["train"])
@@ -1130,6 +1131,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cfg.init = str(Path(cfg.init).resolve())
             out = Path(args.out) if args.out else \
                 Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if (out / "config.json").exists() and not (out / "last.npz").exists():
+                raise UserError(f"{out} holds a run that stopped before its first checkpoint "
+                                "(no last.npz, nothing to resume): delete the folder to start "
+                                "it again there, or choose another --out")
             if (out / "config.json").exists() or (out / ENSEMBLE_MANIFEST).exists():
                 raise UserError(f"{out} already holds a run: continue it with --resume {out} "
                                 "or choose another --out")

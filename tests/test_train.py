@@ -134,6 +134,34 @@ def test_person_weight_reaches_the_loss_and_the_command(data, tmp_path):
             tiny(data, person_weight=bad).check()
 
 
+def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
+    """``--lovasz λ``: the step's loss is the cross-entropy plus λ × the Lovász-Softmax loss of
+    the person class, the network's backward gets the sum of their gradients (both checked
+    in their own test files), the command line repeats λ, and negative or nan is refused."""
+    from tinyseg.losses import lovasz_softmax, softmax_cross_entropy
+    cfg = tiny(data, lovasz=0.75)
+    args = build_parser().parse_args(command_line(cfg).split()[3:])
+    again = train_mod._config_from_args(args)
+    again.data = cfg.data
+    assert again == cfg and "--lovasz" not in command_line(tiny(data))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = (rng.random((2, 32, 32)) < 0.3).astype(np.int64)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    seen, grads = [], []
+    forward, backward = tr.model.forward, tr.model.backward
+    tr.model.forward = lambda xb: seen.append(forward(xb)) or seen[-1]
+    tr.model.backward = lambda d: grads.append(d.copy()) or backward(d)
+    loss = tr.train_step(x, y)
+    ce, d_ce = softmax_cross_entropy(seen[0], y)
+    iou_loss, d_iou = lovasz_softmax(seen[0], y, classes=[1])
+    assert iou_loss > 0.1 and loss == pytest.approx(ce + 0.75 * iou_loss, rel=1e-6)
+    np.testing.assert_allclose(grads[0], d_ce + 0.75 * d_iou, rtol=1e-5, atol=1e-9)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="--lovasz must be a finite number >= 0"):
+            tiny(data, lovasz=bad).check()
+
+
 # -- a tiny run ----------------------------------------------------------------------------------
 def test_run_directory_and_log(data, tmp_path):
     cfg = tiny(data)

@@ -71,7 +71,7 @@ from .evaluate import evaluate_dataset
 from .infer import predict_labels
 from .io import atomic_write_bytes
 from .layers.batchnorm import recompute_running_stats
-from .losses import softmax_cross_entropy
+from .losses import lovasz_softmax, softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class
 from .optim import ExponentialLR, RMSprop
 from .tiramisu import PRESETS as MODEL_PRESETS, Tiramisu
@@ -100,6 +100,8 @@ class TrainConfig:
     lr_decay: float = 0.85                  # γ: epoch e (from 1) at η_0 γ^(e−1)
     weight_decay: float = 1e-4              # λ (L2, added to the gradient)
     person_weight: float = 1.0              # w: the loss weighs person pixels w, background 1
+    lovasz: float = 0.0                     # λ: add λ × the Lovász-Softmax loss of the person
+                                            # class (a surrogate of 1 − IoU) to the loss
     rms_alpha: float = 0.99                 # α: v ← α v + (1 − α) g²
     rms_eps: float = 1e-8                   # ε in g / (√v + ε)
     dropout: Optional[float] = None         # None: the model preset's (0.2)
@@ -162,6 +164,8 @@ class TrainConfig:
         if not (self.person_weight > 0 and math.isfinite(self.person_weight)):
             raise UserError(f"--person-weight must be a finite number > 0, got "
                             f"{self.person_weight}")
+        if not (self.lovasz >= 0 and math.isfinite(self.lovasz)):
+            raise UserError(f"--lovasz must be a finite number >= 0, got {self.lovasz}")
         if not 0 <= self.rms_alpha < 1:
             raise UserError(f"--rms-alpha must be in [0, 1), got {self.rms_alpha}")
         if not (self.rms_eps > 0 and math.isfinite(self.rms_eps)):
@@ -249,6 +253,8 @@ def command_line(cfg: TrainConfig, out: Optional[str] = None,
         args += ["--dropout", repr(cfg.dropout)]
     if cfg.person_weight != 1.0:
         args += ["--person-weight", repr(cfg.person_weight)]
+    if cfg.lovasz != 0.0:
+        args += ["--lovasz", repr(cfg.lovasz)]
     if cfg.train_limit is not None:
         args += ["--train-limit", str(cfg.train_limit)]
     if cfg.val_limit is not None:
@@ -501,6 +507,10 @@ class Trainer:
         logits = self.model.forward(x)
         w = self.cfg.person_weight   # 1: no weights passed, the plain loss bit for bit
         loss, dlogits = softmax_cross_entropy(logits, y, weight=None if w == 1.0 else [1.0, w])
+        if self.cfg.lovasz:          # 0: the cross-entropy alone
+            iou_loss, d_iou = lovasz_softmax(logits, y, classes=[1])
+            loss += self.cfg.lovasz * iou_loss
+            dlogits += self.cfg.lovasz * d_iou
         if not math.isfinite(loss):
             raise Divergence(self._divergence_message(loss))
         self.model.backward(dlogits)
@@ -967,6 +977,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="weight of the person pixels in the training loss, background 1 (PyTorch's "
            "CrossEntropyLoss weight=[1, W]); the validation loss and IoU are unweighted "
            "(default: 1)")
+    a("--lovasz", type=float, metavar="LAMBDA", default=None,
+      help="add LAMBDA times the Lovász-Softmax loss of the person class, a surrogate of "
+           "1 - IoU (Berman et al. 2018), to the training loss; the validation loss stays the "
+           "cross-entropy (default: 0, the cross-entropy alone)")
     a("--rms-alpha", type=float, default=None,
       help="RMSprop smoothing constant of the squared-gradient average (default: 0.99)")
     a("--rms-eps", type=float, default=None,
@@ -1026,7 +1040,7 @@ def _config_from_args(args) -> TrainConfig:
     cfg = preset_config(
         args.preset, model=args.model, model_overrides=overrides, size=args.size,
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
-        weight_decay=args.weight_decay, person_weight=args.person_weight,
+        weight_decay=args.weight_decay, person_weight=args.person_weight, lovasz=args.lovasz,
         rms_alpha=args.rms_alpha, rms_eps=args.rms_eps,
         dropout=args.dropout, augment=args.augment, init=args.init,
         recompute_bn=args.recompute_bn,

@@ -202,7 +202,9 @@ class TrainConfig:
 #:            all three at once on one thread each: 7:20 here), their probabilities
 #:            averaged: one network's validation IoU depends on its seed (0.508-0.547
 #:            over five seeds), and averages of three or four validated 0.03 above their
-#:            members' mean (tinyseg/ensemble.py; four took 9:50 here);
+#:            members' mean (tinyseg/ensemble.py; four took 9:50 here).  The loss adds 3 ×
+#:            the Lovász-Softmax loss of the person class (``--lovasz``): with λ = 0, 1, 3
+#:            and 10 the ensemble validated 0.555, 0.562, 0.576 and 0.565 (README);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
 #:            same run validated 0.485 instead of 0.509); fine-tuned on the default filter
@@ -215,7 +217,7 @@ PRESETS: Dict[str, dict] = {
                  lr=1e-3, lr_decay=0.995, filter="default", pictures=3, recompute_bn=16),
     "small": dict(model="tiramisu_tiny", size=64, batch_size=8, epochs=16, epoch_images=500,
                   lr=1e-3, lr_decay=0.95, dropout=0.0, filter="default",
-                  recompute_bn=200, members=3),
+                  recompute_bn=200, members=3, lovasz=3.0),
     "medium": dict(model="tiramisu_small", size=96, batch_size=8, epochs=40,
                    epoch_images=500, lr=1e-3, lr_decay=0.95, dropout=0.0, filter="wide",
                    recompute_bn=200),

@@ -1,9 +1,10 @@
 """``python -m tinyseg.train``: train a Tiramisu to tell people from background.
 
 The recipe is the original's (and the Tiramisu paper's): two classes, per-pixel
-cross-entropy, RMSprop with a small exponential learning-rate decay per epoch, and the
-person IoU on the validation split after every epoch as the number that matters (the best
-model by validation IoU is kept, Keras' ``save_best_only``)::
+cross-entropy (to which the ``small`` preset adds 3 × the Lovász-Softmax loss, a stand-in
+for 1 − IoU: ``--lovasz``), RMSprop with a small exponential learning-rate decay per
+epoch, and the person IoU on the validation split after every epoch as the number that
+matters (the best model by validation IoU is kept, Keras' ``save_best_only``)::
 
     for epoch e = 1 … E:
         for each batch (x, y) of the epoch's images (augmented):
@@ -199,12 +200,13 @@ class TrainConfig:
 #:            norms are validated with statistics recomputed from the (170) training
 #:            images: the running averages of the last batches made validation IoU jump
 #:            by up to 0.19 between epochs (lesson 11).  Three such networks (seeds S … S+2,
-#:            all three at once on one thread each: 7:20 here), their probabilities
+#:            all three at once on one thread each: 8:15 here), their probabilities
 #:            averaged: one network's validation IoU depends on its seed (0.508-0.547
 #:            over five seeds), and averages of three or four validated 0.03 above their
 #:            members' mean (tinyseg/ensemble.py; four took 9:50 here).  The loss adds 3 ×
 #:            the Lovász-Softmax loss of the person class (``--lovasz``): with λ = 0, 1, 3
-#:            and 10 the ensemble validated 0.555, 0.562, 0.576 and 0.565 (README);
+#:            and 10 the ensemble validated 0.555, 0.562, 0.576 and 0.565, and 0.569 in a
+#:            second λ = 3 run; its test IoU did not rise (README, "Training results");
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
 #:            same run validated 0.485 instead of 0.509); fine-tuned on the default filter

@@ -107,19 +107,29 @@ def test_command_line_repeats_the_config():
         assert train_mod._config_from_args(args) == cfg
 
 
+def _repeats_on_the_command_line(cfg, data, flag):
+    """The run's command line parses back into ``cfg``; the default config has no ``flag``."""
+    args = build_parser().parse_args(command_line(cfg).split()[3:])
+    again = train_mod._config_from_args(args)
+    again.data = cfg.data
+    assert again == cfg and flag not in command_line(tiny(data))
+
+
+def _a_batch():
+    """A random float32 batch of 2 images at 32 px, about 30 % person pixels."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = (rng.random((2, 32, 32)) < 0.3).astype(np.int64)
+    return x, y
+
+
 def test_person_weight_reaches_the_loss_and_the_command(data, tmp_path):
     """``--person-weight W``: the training step's loss is the cross-entropy with class weights
     [1, W] (the loss module, checked against PyTorch there); 1 is the plain loss; the
     command line repeats it; 0 and nan are refused."""
     from tinyseg.losses import softmax_cross_entropy
-    cfg = tiny(data, person_weight=2.5)
-    args = build_parser().parse_args(command_line(cfg).split()[3:])
-    again = train_mod._config_from_args(args)
-    again.data = cfg.data
-    assert again == cfg and "--person-weight" not in command_line(tiny(data))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
-    y = (rng.random((2, 32, 32)) < 0.3).astype(np.int64)
+    _repeats_on_the_command_line(tiny(data, person_weight=2.5), data, "--person-weight")
+    x, y = _a_batch()
     losses = {}
     for w in (1.0, 2.5):
         tr = new_trainer(tiny(data, person_weight=w), data, tmp_path / f"run{w}")
@@ -140,13 +150,8 @@ def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
     in their own test files), the command line repeats λ, and negative or nan is refused."""
     from tinyseg.losses import lovasz_softmax, softmax_cross_entropy
     cfg = tiny(data, lovasz=0.75)
-    args = build_parser().parse_args(command_line(cfg).split()[3:])
-    again = train_mod._config_from_args(args)
-    again.data = cfg.data
-    assert again == cfg and "--lovasz" not in command_line(tiny(data))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
-    y = (rng.random((2, 32, 32)) < 0.3).astype(np.int64)
+    _repeats_on_the_command_line(cfg, data, "--lovasz")
+    x, y = _a_batch()
     tr = new_trainer(cfg, data, tmp_path / "run")
     seen, grads = [], []
     forward, backward = tr.model.forward, tr.model.backward

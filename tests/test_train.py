@@ -151,6 +151,11 @@ def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
     from tinyseg.losses import lovasz_softmax, softmax_cross_entropy
     cfg = tiny(data, lovasz=0.75)
     _repeats_on_the_command_line(cfg, data, "--lovasz")
+    # the small preset's default is 3: its runs without the loss must say --lovasz 0
+    for lam in (0.0, 3.0):
+        small = preset_config("small", lovasz=lam, data=str(data[0]))
+        args = build_parser().parse_args(command_line(small).split()[3:])
+        assert train_mod._config_from_args(args).lovasz == lam
     x, y = _a_batch()
     tr = new_trainer(cfg, data, tmp_path / "run")
     seen, grads = [], []

@@ -257,8 +257,8 @@ def command_line(cfg: TrainConfig, out: Optional[str] = None,
         args += ["--dropout", repr(cfg.dropout)]
     if cfg.person_weight != 1.0:
         args += ["--person-weight", repr(cfg.person_weight)]
-    if cfg.lovasz != 0.0:
-        args += ["--lovasz", repr(cfg.lovasz)]
+    if cfg.lovasz != 0.0 or PRESETS.get(cfg.preset, {}).get("lovasz", 0.0) != 0.0:
+        args += ["--lovasz", repr(cfg.lovasz)]       # also 0 when the preset's is not
     if cfg.train_limit is not None:
         args += ["--train-limit", str(cfg.train_limit)]
     if cfg.val_limit is not None:
@@ -984,7 +984,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lovasz", type=float, metavar="LAMBDA", default=None,
       help="add LAMBDA times the Lovász-Softmax loss of the person class, a surrogate of "
            "1 - IoU (Berman et al. 2018), to the training loss; the validation loss stays the "
-           "cross-entropy (default: 0, the cross-entropy alone)")
+           "cross-entropy; 0: the cross-entropy alone "
+           f"(default: the preset's: {_preset_values('lovasz')})")
     a("--rms-alpha", type=float, default=None,
       help="RMSprop smoothing constant of the squared-gradient average (default: 0.99)")
     a("--rms-eps", type=float, default=None,

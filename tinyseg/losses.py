@@ -25,9 +25,9 @@ the class's pixels, p_i = softmax(x_i)_c and the pixel errors e_i = |[i ∈ F] �
     gradient         ∂L_c/∂e_πk = Δ(M_k) − Δ(M_{k−1})    (the sorted order held fixed)
 
 L_c is the Lovász extension of Δ: piecewise linear in e, equal to Δ(M) when every error
-is 0 or 1, and equal to ∫₀¹ Δ({i : e_i ≥ u}) du in general.  So minimising it with gradients
-minimises (a convex surrogate of) 1 − IoU itself, while cross-entropy scores each pixel
-on its own.  The loss averages L_c over the chosen classes, with all the batch's pixels
+is 0 or 1, and equal to ∫₀¹ Δ({i : e_i ≥ u}) du in general (and convex in e, because Δ
+is submodular).  So its gradients lead towards a lower 1 − IoU itself, while the
+cross-entropy scores each pixel on its own.  The loss averages L_c over the chosen classes, with all the batch's pixels
 pooled, as the IoU metric pools them.
 """
 from __future__ import annotations

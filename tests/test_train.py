@@ -167,6 +167,10 @@ def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
     iou_loss, d_iou = lovasz_softmax(seen[0], y, classes=[1])
     assert iou_loss > 0.1 and loss == pytest.approx(ce + 0.75 * iou_loss, rel=1e-6)
     np.testing.assert_allclose(grads[0], d_ce + 0.75 * d_iou, rtol=1e-5, atol=1e-9)
+    # the curves say what the training loss was (the validation loss is always the CE)
+    assert train_mod.loss_names(cfg) == ("train loss (CE + 0.75 x Lovasz)",
+                                         "cross-entropy + 0.75 x Lovasz")
+    assert train_mod.loss_names(tiny(data))[0] == "train loss (cross-entropy)"
     for bad in (-0.5, float("nan"), float("inf")):
         with pytest.raises(UserError, match="--lovasz must be a finite number >= 0"):
             tiny(data, lovasz=bad).check()
@@ -662,7 +666,8 @@ def test_curves_plot_train_and_val_series_from_the_log(data, tmp_path, monkeypat
     tr.history = [{"epoch": 1, "loss": 0.9, "val_loss": 0.7, "train_iou": 0.3, "val_iou": 0.4},
                   {"epoch": 2, "loss": 0.8, "val_loss": 0.6, "train_iou": 0.35, "val_iou": 0.5}]
     tr._draw()
-    assert seen == {"train loss": ([1, 2], [0.9, 0.8]), "val loss": ([1, 2], [0.7, 0.6]),
+    assert seen == {"train loss (cross-entropy)": ([1, 2], [0.9, 0.8]),
+                    "val loss (cross-entropy)": ([1, 2], [0.7, 0.6]),
                     "train IoU": ([1, 2], [0.3, 0.35]), "val IoU": ([1, 2], [0.4, 0.5])}
 
 

@@ -29,6 +29,8 @@ The run directory (``--out``)::
     config.json         everything that makes the run: flags, model, data, versions, and
                         the command that repeats it
     log.jsonl           one JSON object per epoch: loss, IoU, learning rate, images/s, time
+                        (``loss`` is what was trained on, with ``--lovasz`` the sum of both
+                        losses; ``val_loss`` is always the cross-entropy)
     best.npz            the model with the best validation IoU so far (weights + mean/std)
     last.npz            the latest state, to resume from (also written on Ctrl-C)
     pictures/epoch_NNNN.png   the same validation images every epoch: image | truth | prediction
@@ -238,6 +240,15 @@ def preset_config(name: str, **overrides) -> TrainConfig:
         raise UserError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(preset=name, **values)
+
+
+def loss_names(cfg: TrainConfig):
+    """``(curve label, title words)`` of the training loss: the validation loss is always the
+    plain cross-entropy, so the curves say when the training loss is something else."""
+    if cfg.lovasz:
+        return (f"train loss (CE + {cfg.lovasz:g} x Lovasz)",
+                f"cross-entropy + {cfg.lovasz:g} x Lovasz")
+    return "train loss (cross-entropy)", "cross-entropy"
 
 
 def command_line(cfg: TrainConfig, out: Optional[str] = None,
@@ -697,12 +708,13 @@ class Trainer:
         hist = self.history
         if hist:
             ep = [h["epoch"] for h in hist]
-            line_plot({"train loss": (ep, [h["loss"] for h in hist]),
-                       "val loss": (ep, [h["val_loss"] for h in hist]),
+            train_loss, title = loss_names(self.cfg)
+            line_plot({train_loss: (ep, [h["loss"] for h in hist]),
+                       "val loss (cross-entropy)": (ep, [h["val_loss"] for h in hist]),
                        "train IoU": (ep, [h["train_iou"] for h in hist]),
                        "val IoU": (ep, [h["val_iou"] for h in hist])},
                       self.run_dir / "curves.png", xlabel="epoch", ylabel="loss / IoU",
-                      title=f"{self.cfg.preset}: cross-entropy and person IoU")
+                      title=f"{self.cfg.preset}: {title} and person IoU")
 
     # -- resuming -------------------------------------------------------------------------
     @classmethod

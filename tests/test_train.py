@@ -167,6 +167,10 @@ def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
     iou_loss, d_iou = lovasz_softmax(seen[0], y, classes=[1])
     assert iou_loss > 0.1 and loss == pytest.approx(ce + 0.75 * iou_loss, rel=1e-6)
     np.testing.assert_allclose(grads[0], d_ce + 0.75 * d_iou, rtol=1e-5, atol=1e-9)
+    # a run recorded before the option existed has no "lovasz": it trained without the loss
+    old = preset_config("small", data=str(data[0])).to_dict()
+    del old["lovasz"]
+    assert train_mod.TrainConfig.from_dict(old).lovasz == 0.0
     # the curves say what the training loss was (the validation loss is always the CE)
     assert train_mod.loss_names(cfg) == ("train loss (CE + 0.75 x Lovasz)",
                                          "cross-entropy + 0.75 x Lovasz")

@@ -145,9 +145,9 @@ def test_person_weight_reaches_the_loss_and_the_command(data, tmp_path):
 
 
 def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
-    """``--lovasz λ``: the step's loss is the cross-entropy plus λ × the Lovász-Softmax loss of
+    """``--lovasz β``: the step's loss is the cross-entropy plus β × the Lovász-Softmax loss of
     the person class, the network's backward gets the sum of their gradients (both checked
-    in their own test files), the command line repeats λ, and negative or nan is refused."""
+    in their own test files), the command line repeats β, and negative or nan is refused."""
     from tinyseg.losses import lovasz_softmax, softmax_cross_entropy
     cfg = tiny(data, lovasz=0.75)
     _repeats_on_the_command_line(cfg, data, "--lovasz")

@@ -103,7 +103,7 @@ class TrainConfig:
     lr_decay: float = 0.85                  # γ: epoch e (from 1) at η_0 γ^(e−1)
     weight_decay: float = 1e-4              # λ (L2, added to the gradient)
     person_weight: float = 1.0              # w: the loss weighs person pixels w, background 1
-    lovasz: float = 0.0                     # λ: add λ × the Lovász-Softmax loss of the person
+    lovasz: float = 0.0                     # β: add β × the Lovász-Softmax loss of the person
                                             # class (a surrogate of 1 − IoU) to the loss
     rms_alpha: float = 0.99                 # α: v ← α v + (1 − α) g²
     rms_eps: float = 1e-8                   # ε in g / (√v + ε)
@@ -206,10 +206,10 @@ class TrainConfig:
 #:            averaged: one network's validation IoU depends on its seed (0.508-0.547
 #:            over five seeds), and averages of three or four validated 0.03 above their
 #:            members' mean (tinyseg/ensemble.py; four took 9:50 here).  The loss adds 3 ×
-#:            the Lovász-Softmax loss of the person class (``--lovasz``): with λ = 0, 1, 3
+#:            the Lovász-Softmax loss of the person class (``--lovasz``): with β = 0, 1, 3
 #:            and 10 the ensemble validated 0.555, 0.562, 0.576 and 0.565, and 0.569 in a
-#:            second λ = 3 run; with seeds 3-5 and 6-8, 0.527 and 0.513 without it,
-#:            0.553 and 0.540 with λ = 3 (README, "Training results": the test split
+#:            second β = 3 run; with seeds 3-5 and 6-8, 0.527 and 0.513 without it,
+#:            0.553 and 0.540 with β = 3 (README, "Training results": the test split
 #:            agreed on seeds 3-8, not on 0-2);
 #:  ``medium`` a longer run (about an hour here on 2 threads): ``tiramisu_small`` (854 k
 #:            parameters) at 96×96 on the wide filter, no dropout (with the model's 0.2 the
@@ -995,8 +995,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="weight of the person pixels in the training loss, background 1 (PyTorch's "
            "CrossEntropyLoss weight=[1, W]); the validation loss and IoU are unweighted "
            "(default: 1)")
-    a("--lovasz", type=float, metavar="LAMBDA", default=None,
-      help="add LAMBDA times the Lovász-Softmax loss of the person class, a surrogate of "
+    a("--lovasz", type=float, metavar="BETA", default=None,
+      help="add BETA times the Lovász-Softmax loss of the person class, a surrogate of "
            "1 - IoU (Berman et al. 2018), to the training loss; the validation loss stays the "
            "cross-entropy; 0: the cross-entropy alone "
            f"(default: the preset's: {_preset_values('lovasz')})")

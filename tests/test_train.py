@@ -691,6 +691,33 @@ def test_out_refuses_an_ensemble_run_directory(tmp_path, capsys):
     assert not (run / "config.json").exists()
 
 
+def test_out_refuses_a_folder_holding_other_files(tmp_path, capsys):
+    """``--out`` naming a non-empty folder that is not a run is refused before anything is
+    written: a run there would replace the user's own best.npz and append to their log.jsonl.
+    A file named by ``--out`` is refused too; an empty folder is accepted (the test after)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best.npz").write_bytes(b"PK the user's model")
+    (mine / "log.jsonl").write_text('{"mine": 1}\n')
+    root = make_data(tmp_path / "coco", n=12)
+    args = ["--tiny", "--data", str(root), "--cache", str(tmp_path / "cache"), "--quiet",
+            "--epochs", "1", "--epoch-images", "4", "--no-test"]
+    assert run_main(main, "tinyseg.train", args + ["--out", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and str(mine) in err, err
+    assert (mine / "best.npz").read_bytes() == b"PK the user's model"
+    assert (mine / "log.jsonl").read_text() == '{"mine": 1}\n'
+    assert sorted(q.name for q in mine.iterdir()) == ["best.npz", "log.jsonl"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert run_main(main, "tinyseg.train", args + ["--out", str(afile)]) == 1
+    assert "is a file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_main(main, "tinyseg.train", args + ["--out", str(empty), "--members", "1"]) == 0
+    assert (empty / "best.npz").exists()
+
+
 def test_more_pools_than_the_size_allows_are_refused(tmp_path, capsys):
     """``--model-overrides '{"pools": 6}'`` at 32 px padded every image to 64 px without a word
     (pools 10: to 1024 px); refused before the run directory is made."""

@@ -965,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
            f"wide = 1-2 persons covering 5-90 %%, all (default: the preset's: "
            f"{_preset_values('filter')})")
     a("--out", metavar="DIR", default=None,
-      help="run directory (default: runs/<preset>-<date>-<time>)")
+      help="run directory, new or empty (default: runs/<preset>-<date>-<time>)")
     a("--resume", metavar="RUN_DIR", default=None,
       help="continue the run in RUN_DIR from its last.npz (its config is used; only --epochs, "
            "--data, --threads, --max-minutes, --cache, --no-test and --quiet may be given "
@@ -1171,6 +1171,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if (out / "config.json").exists() or (out / ENSEMBLE_MANIFEST).exists():
                 raise UserError(f"{out} already holds a run: continue it with --resume {out} "
                                 "or choose another --out")
+            if out.exists() and not out.is_dir():
+                raise UserError(f"--out {out}: is a file, not a folder")
+            if out.is_dir() and any(out.iterdir()):
+                raise UserError(f"--out {out}: the folder is not empty and holds no tinyseg run; "
+                                "a run writes best.npz, last.npz, log.jsonl and more there, "
+                                "so choose a new or empty folder")
             t0 = time.perf_counter()
             train, val = load_data(cfg, args.cache, progress=not args.quiet)
             if cfg.members > 1:

@@ -76,3 +76,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.torch)
         if "coco_root" in names:
             item.add_marker(pytest.mark.data)
+
+
+def overflowing_checkpoint(ckpt, path):
+    """A copy of ``ckpt`` whose first convolution is multiplied by 1e38: every number finite,
+    so it loads, but the network's output overflows to inf and NaN."""
+    arrays = dict(np.load(ckpt))
+    name = next(k for k in arrays if k.endswith("weight") and arrays[k].ndim == 4)
+    arrays[name] = (arrays[name] * np.float32(1e38)).astype(np.float32)
+    assert np.all(np.isfinite(arrays[name]))
+    np.savez(path, **arrays)
+    return path

@@ -224,3 +224,20 @@ def test_weights_with_nan_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match=f"nan.npz: '{name}' holds NaN or infinite"):
         load_model(tmp_path / "nan.npz")
     load_model(path)   # the undamaged file loads
+
+
+def test_negative_batch_norm_variances_are_refused_by_name(tmp_path):
+    """A running variance below 0 is finite but impossible: the square root in batch norm gave
+    NaN and an all-background mask without an error. It is refused, naming file and array."""
+    model = tiramisu_tiny(rng=np.random.default_rng(0))
+    path = save_model(tmp_path / "m.npz", model, make_meta(32, [0.5] * 3, [0.25] * 3))
+    arrays = dict(np.load(path))
+    name = next(k for k in arrays if k.endswith("running_var"))
+    arrays[name] = arrays[name].copy()
+    arrays[name][1] = -1.0
+    np.savez(tmp_path / "neg.npz", **arrays)
+    with pytest.raises(CheckpointError, match=f"neg.npz: '{name}' holds negative values"):
+        load_model(tmp_path / "neg.npz")
+    arrays[name][1] = 0.0          # zero is a variance (of a constant channel): accepted
+    np.savez(tmp_path / "zero.npz", **arrays)
+    load_model(tmp_path / "zero.npz")

@@ -11,6 +11,8 @@ from tinyseg.cutout import (alpha_from_probability, compose, main, output_names,
 from tinyseg.infer import Predictor, photo_probability, resize_bilinear
 from tinyseg.tiramisu import tiramisu_tiny
 
+from conftest import overflowing_checkpoint
+
 # float32 bilinear weights: results agree with PyTorch to a few float32 ulps of values in [0, 1]
 TOL = 1e-5
 
@@ -348,6 +350,21 @@ def test_damaged_checkpoint_is_a_one_line_error(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("tinyseg.cutout: error: ") and str(bad) in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_model_whose_output_overflows_is_an_error_naming_it(ckpt, tmp_path, capsys):
+    """It gave an all-transparent cut-out for every photo, exit 0; now one line naming the
+    checkpoint, exit 1, and nothing written."""
+    bad = overflowing_checkpoint(ckpt, tmp_path / "huge.npz")
+    Image.new("RGB", (12, 8), (200, 100, 50)).save(tmp_path / "p.png")
+    Image.new("RGB", (8, 12), (20, 100, 50)).save(tmp_path / "q.png")
+    out = tmp_path / "o"
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "p.png"), str(tmp_path / "q.png"),
+                                             "--checkpoint", str(bad), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyseg.cutout: error: ") and str(bad) in err, err
+    assert "NaN or infinite" in err and len(err.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []
 
 
 def test_soft_and_threshold_exclude_each_other(ckpt, tmp_path, capsys):

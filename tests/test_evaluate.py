@@ -11,6 +11,8 @@ from tinyseg.evaluate import IGNORE, eval_targets, evaluate_dataset, main
 from tinyseg.metrics import confusion_matrix, iou_per_class
 from tinyseg.tiramisu import tiramisu_tiny
 
+from conftest import overflowing_checkpoint
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread(one_thread_module):
@@ -229,6 +231,19 @@ def test_command_errors(setup, tmp_path, capsys, monkeypatch):
                               ("--checkpoint", "", "--checkpoint is empty")):
         assert run_main(main, "tinyseg.evaluate", [flag, value]) == 1
         assert says in capsys.readouterr().err
+
+
+def test_a_model_whose_output_overflows_is_an_error_naming_it(setup, tmp_path, capsys):
+    """Weights that are finite but overflow gave 'person IoU 0.0000 ... loss nan', exit 0."""
+    root, cache, ckpt = setup
+    bad = overflowing_checkpoint(ckpt, tmp_path / "huge.npz")
+    assert run_main(main, "tinyseg.evaluate", ["--checkpoint", str(bad), "--data", str(root),
+                                               "--cache", str(cache), "--split", "val",
+                                               "--out", str(tmp_path / "ev")]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]     # after the caching progress line
+    assert last.startswith("tinyseg.evaluate: error: ") and str(bad) in last, err
+    assert "NaN or infinite" in err and not (tmp_path / "ev" / "results.json").exists()
 
 
 def test_scoring_shows_progress(setup, tmp_path, capsys):

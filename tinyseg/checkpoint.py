@@ -182,6 +182,9 @@ def build_model(config: dict, state: Dict[str, np.ndarray], path: PathLike = "",
         if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
             raise CheckpointError(f"{path}: '{name}' holds NaN or infinite values (a damaged "
                                   f"file, or weights from a run that diverged)")
+        if name.endswith("running_var") and np.any(v < 0):
+            raise CheckpointError(f"{path}: '{name}' holds negative values (a variance is at "
+                                  f"least 0: a damaged file)")
     return model
 
 

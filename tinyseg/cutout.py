@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .evaluate import resolve_checkpoint
-    from .infer import Predictor
+    from .infer import NonFiniteOutput, Predictor
 
     args = build_parser().parse_args(argv)
     if args.soft and args.threshold is not None:
@@ -211,6 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 w, h = cutout_file(predictor, photo, target, mode, threshold, args.soft,
                                    background, args.flip)
             show_warnings(photo, caught)
+        except NonFiniteOutput as e:       # the model, not this photo: stop
+            raise UserError(f"{ckpt}: {e}") from None
         except BadImage as e:
             failed += 1
             print(f"{PROG}: {photo}: skipped: {e}", file=sys.stderr)

@@ -60,6 +60,7 @@ class Evaluation:
     missed: np.ndarray                # (N,) |T \ P| / |T|: share of the person missed
     extra: np.ndarray                 # (N,) |P \ T| / |P|: share of the prediction that is wrong
     predictions: Optional[np.ndarray] = field(default=None, repr=False)  # (N, S, S) uint8
+    finite: bool = True               # False: some logits were NaN or inf (damaged weights)
 
     @property
     def person_iou(self) -> float:
@@ -115,6 +116,7 @@ def evaluate_dataset(model, images: np.ndarray, masks: np.ndarray, boxes: np.nda
     per = np.full(n, np.nan)
     pred_cov, cov, missed, extra = (np.zeros(n) for _ in range(4))
     keep = np.zeros(masks.shape, dtype=np.uint8) if keep_predictions else None
+    finite = True
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -132,6 +134,7 @@ def evaluate_dataset(model, images: np.ndarray, masks: np.ndarray, boxes: np.nda
             if flip:
                 pf = softmax_person(model.forward(np.ascontiguousarray(x[..., ::-1])))
                 p = 0.5 * (p + pf[..., ::-1])
+            finite = finite and bool(np.all(np.isfinite(p)))
             pred = (p >= 0.5).astype(np.int64)
             cm += confusion_matrix(pred, t, 2, ignore_index=IGNORE)
             inside = t != IGNORE
@@ -155,7 +158,7 @@ def evaluate_dataset(model, images: np.ndarray, masks: np.ndarray, boxes: np.nda
         model.train(was_training)
     return Evaluation(cm=cm, loss=loss_sum / counted if counted else float("nan"),
                       per_image=per, pred_coverage=pred_cov, coverage=cov, missed=missed,
-                      extra=extra, predictions=keep)
+                      extra=extra, predictions=keep, finite=finite)
 
 
 def brightness(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -276,6 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .data.coco import FILTER_PRESETS
     from .data.errors import DataError
     from .data.progress import Progress
+    from .infer import NonFiniteOutput
     from .io import atomic_write_bytes
     from .viz import save_png
 
@@ -321,6 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ev = evaluate_dataset(model, images, masks, boxes, info["mean"], info["std"],
                                   batch_size=args.batch_size, flip=args.flip,
                                   keep_predictions=args.worst > 0, on_batch=progress.update)
+        if not ev.finite:
+            raise UserError(f"{ckpt}: {NonFiniteOutput()}")
         light = brightness(images, boxes)
         per_image = [{"id": int(ids[k]), "iou": _num(ev.per_image[k]),
                       "coverage": float(ev.coverage[k]),

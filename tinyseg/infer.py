@@ -41,7 +41,16 @@ from .data.images import letterbox, letterbox_box
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["softmax_person", "predict_probabilities", "predict_labels", "resize_bilinear",
-           "Predictor", "photo_probability"]
+           "Predictor", "photo_probability", "NonFiniteOutput"]
+
+
+class NonFiniteOutput(ValueError):
+    """The network's output holds NaN or inf although its weights are finite numbers."""
+
+    def __init__(self) -> None:
+        super().__init__("the network's output holds NaN or infinite values: its weights are "
+                         "damaged (finite numbers so large that they overflow, or batch-norm "
+                         "variances below 0)")
 
 
 def softmax_person(logits: np.ndarray) -> np.ndarray:
@@ -79,6 +88,8 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 16,
             if flip:
                 pf = softmax_person(model.forward(np.ascontiguousarray(xb[..., ::-1])))
                 p = 0.5 * (p + pf[..., ::-1])
+            if not np.all(np.isfinite(p)):
+                raise NonFiniteOutput()
             out[i:i + batch_size] = p
         return out
     finally:

@@ -226,6 +226,25 @@ def test_unreadable_inputs_are_reported_and_others_done(ckpt, tmp_path, capsys):
     assert not (tmp_path / "o" / "broken-cutout.png").exists()
 
 
+def test_a_link_loop_and_a_pipe_are_reported_and_others_done(ckpt, tmp_path, capsys):
+    """A symbolic-link loop stopped the whole batch with a traceback (resolving the names for
+    the outputs); a named pipe waited forever for a writer. Both are now skipped by name."""
+    import os
+    write_jpeg(tmp_path / "good.jpg", 40, 30)
+    os.symlink(tmp_path / "loop2.jpg", tmp_path / "loop1.jpg")
+    os.symlink(tmp_path / "loop1.jpg", tmp_path / "loop2.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    args = [str(tmp_path / n) for n in ["loop1.jpg", "pipe.jpg", "good.jpg"]]
+    code = run_main(main, "tinyseg.cutout", args + ["-o", str(tmp_path / "o"), "--checkpoint",
+                                                    str(ckpt)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "loop1.jpg: skipped: cannot open (" in err, err
+    assert "pipe.jpg: skipped: not a regular file" in err, err
+    assert "1 of 3 photos written" in err
+    assert sorted(q.name for q in (tmp_path / "o").iterdir()) == ["good-cutout.png"]
+
+
 def test_no_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     import tinyseg.checkpoint as ck
     monkeypatch.setattr(ck, "default_weights", lambda: tmp_path / "none.npz")

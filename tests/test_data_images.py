@@ -200,6 +200,7 @@ def test_a_file_it_may_not_read_is_not_called_corrupt(tmp_path, monkeypatch):
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
     monkeypatch.setattr(images.Image, "open", refuse)
+    (tmp_path / "p.png").write_bytes(b"")        # the file is there; opening it is refused
     with pytest.raises(BadImage) as e:
         read_image(tmp_path / "p.png")
     assert "permission denied" in str(e.value) and "corrupt" not in str(e.value)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -110,16 +111,25 @@ def cutout_file(predictor, path, out_path, mode: str = "rgba", threshold: float 
     return rgb.shape[1], rgb.shape[0]
 
 
+def real_path(path) -> Path:
+    """``Path(path).resolve()``, or the absolute path when it cannot be resolved (a symbolic
+    link loop): reading that photo then fails and is reported like any unreadable one."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
 def output_names(inputs: Sequence[str], out_dir: Path, suffix: str) -> List[Path]:
     """``<stem><suffix>.png`` in ``out_dir`` for each input; repeated stems get -2, -3, …, and
     so does a name that is one of the inputs (``x.png x-cutout.png -o .`` must not write the
     first one's cut-out over the second photo)."""
-    inputs_at = {Path(inp).resolve() for inp in inputs}
+    inputs_at = {real_path(inp) for inp in inputs}
     used, names = set(), []
     for inp in inputs:
         stem = Path(inp).stem or "photo"
         name, k = f"{stem}{suffix}.png", 2
-        while name in used or (out_dir / name).resolve() in inputs_at:
+        while name in used or real_path(out_dir / name) in inputs_at:
             name, k = f"{stem}{suffix}-{k}.png", k + 1
         used.add(name)
         names.append(out_dir / name)
@@ -204,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = 0
     for photo, target in zip(args.photos, names):
         try:
-            if Path(photo).resolve() == target.resolve():
+            if real_path(photo) == real_path(target):
                 raise BadImage("the output would overwrite the input; choose another -o")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.filterwarnings("always", module=r"PIL\.")

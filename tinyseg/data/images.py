@@ -31,6 +31,7 @@ parts of the photo without a prediction.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Tuple, Union
 
 import numpy as np
@@ -82,6 +83,17 @@ def read_image(path: PathLike, upright: bool = False) -> np.ndarray:
     ``upright=True`` applies the EXIF orientation (a phone photo as it is meant to be seen);
     COCO's annotations are drawn on the stored pixels, so the data path leaves it off.
     """
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise BadImage("file not found") from None
+        except OSError as e:            # a symbolic-link loop, a name too long, ...
+            raise BadImage(f"cannot open ({e.strerror or e})") from None
+        if stat.S_ISDIR(mode):
+            raise BadImage("is a directory")
+        if not stat.S_ISREG(mode):      # reading a named pipe would wait for a writer forever
+            raise BadImage("not a regular file (a pipe, socket or device)")
     try:
         with Image.open(path) as im:
             im.load()  # decodes now: truncated or corrupt data fails here, not later

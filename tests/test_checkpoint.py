@@ -75,6 +75,8 @@ def test_plain_weight_file_needs_mean_std_size(tmp_path):
 @pytest.mark.parametrize("meta, says", [
     ({"size": 32, "mean": [0.5, 0.5], "std": [0.2] * 3}, "damaged metadata (mean"),
     ({"size": 0, "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata (size 0"),
+    # a side that would exhaust the memory (it gave an OverflowError or MemoryError traceback)
+    ({"size": 10**9, "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata (size 1000000000"),
     ({"size": "abc", "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata"),
     ({"size": 32, "mean": [0.5] * 3, "std": [0, 0, 0]}, "damaged metadata (std"),
     ([1, 2], "damaged metadata (not a JSON object)"),

@@ -224,8 +224,9 @@ def test_unwritable_cache_dir_is_a_data_error(root, tmp_path):
 def test_bad_arguments(root, tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
         load_split(root, "training", 24, cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="size must be a positive integer"):
-        load_split(root, "train", 0, cache_dir=tmp_path)
+    for size in (0, 1025):
+        with pytest.raises(ValueError, match="size must be an integer from 1 to 1024"):
+            load_split(root, "train", size, cache_dir=tmp_path)
 
 
 def test_progress_goes_to_stderr(root, tmp_path, capsys):

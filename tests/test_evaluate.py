@@ -228,6 +228,7 @@ def test_command_errors(setup, tmp_path, capsys, monkeypatch):
                               ("--limit", "0", "--limit must be at least 1, got 0"),
                               ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
                               ("--size", "0", "--size must be at least 1, got 0"),
+                              ("--size", "99999", "--size must be at most 1024, got 99999"),
                               ("--checkpoint", "", "--checkpoint is empty")):
         assert run_main(main, "tinyseg.evaluate", [flag, value]) == 1
         assert says in capsys.readouterr().err

@@ -417,7 +417,7 @@ def test_bad_flags_exit_2_and_user_errors_exit_1(tmp_path, capsys, monkeypatch):
     assert "not a run directory" in capsys.readouterr().err
     # each of these got past the checks: a traceback, or a run that stopped at once (0, -1)
     # or never (nan)
-    for flag, value in (("--max-minutes", "0"), ("--max-minutes", "-1"),
+    for flag, value in (("--size", "1025"), ("--max-minutes", "0"), ("--max-minutes", "-1"),
                         ("--max-minutes", "nan"), ("--weight-decay", "inf"),
                         ("--rms-eps", "inf"), ("--seed", "-1"),
                         ("--model-overrides", '{"in_channels": 1}')):

@@ -36,6 +36,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from .data.images import MAX_SIZE
 from .io import atomic_save_npz
 from .tiramisu import Tiramisu
 
@@ -193,7 +194,7 @@ def checked_normalisation(path, info: dict):
     three finite means, three positive finite stds (``CheckpointError`` otherwise)."""
     try:
         size = info["size"]
-        if isinstance(size, bool) or int(size) != size or int(size) < 1:
+        if isinstance(size, bool) or int(size) != size or not 1 <= int(size) <= MAX_SIZE:
             raise ValueError(f"size {size!r}")
         mean = np.asarray(info["mean"], dtype=np.float32)
         std = np.asarray(info["std"], dtype=np.float32)
@@ -202,8 +203,9 @@ def checked_normalisation(path, info: dict):
         if std.shape != (3,) or not np.all(np.isfinite(std)) or np.any(std <= 0):
             raise ValueError(f"std {info['std']!r}")
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged metadata ({e}: the training size must be a "
-                              f"positive integer, mean and std three numbers, std > 0)") from None
+        raise CheckpointError(f"{path}: damaged metadata ({e}: the training size must be an "
+                              f"integer from 1 to {MAX_SIZE}, mean and std three numbers, "
+                              f"std > 0)") from None
     return int(size), mean, std
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from .cli import HelpFormatter, UserError, run_main, set_threads
 from .data.batches import normalize
+from .data.images import MAX_SIZE
 from .losses import softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 
@@ -227,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="image filter(s), each scored on its own: 'default' = the original's 1-2 "
            "persons covering 20-70 %%, 'wide' = 5-90 %% (default: default wide)")
     a("--size", type=int, metavar="S", default=None,
-      help="image side for the network (default: the checkpoint's training size)")
+      help=f"image side for the network, at most {MAX_SIZE} (default: the checkpoint's "
+           "training size)")
     a("--flip", action="store_true",
       help="test-time augmentation: average with the left-right mirrored prediction (the "
            "IoUs and accuracy use the average; the loss stays that of the plain image)")
@@ -291,6 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.size is not None and args.size > MAX_SIZE:
+        raise UserError(f"--size must be at most {MAX_SIZE}, got {args.size}")
     ckpt = resolve_checkpoint(args.checkpoint)
     try:
         model, info = load_model(ckpt)

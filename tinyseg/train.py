@@ -70,6 +70,7 @@ from .data.cache import load_split
 from .train_ensemble import MANIFEST as ENSEMBLE_MANIFEST, resume_ensemble, train_ensemble
 from .data.coco import FILTER_PRESETS, FilterConfig, resolve_data_root
 from .data.errors import DataError
+from .data.images import MAX_SIZE
 from .evaluate import evaluate_dataset
 from .infer import predict_labels
 from .io import atomic_write_bytes
@@ -152,6 +153,8 @@ class TrainConfig:
         for k, v in positive.items():
             if v < 1:
                 raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {v}")
+        if self.size > MAX_SIZE:
+            raise UserError(f"--size must be at most {MAX_SIZE}, got {self.size}")
         if self.batch_size < 2:
             raise UserError("--batch-size must be at least 2 (batch normalisation needs more "
                             "than one value per channel)")
@@ -975,7 +978,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model-overrides", metavar="JSON", default=None,
       help='Tiramisu arguments that replace the model preset\'s, e.g. \'{"growth_rate": 16}\'')
     a("--size", type=int, metavar="S", default=None,
-      help=f"image side in pixels (default: the preset's: {_preset_values('size')})")
+      help=f"image side in pixels, at most {MAX_SIZE} (default: the preset's: "
+           f"{_preset_values('size')})")
     a("--batch-size", type=int, metavar="N", default=None,
       help=f"images per step (default: the preset's: {_preset_values('batch_size')})")
     a("--epochs", type=int, metavar="N", default=None,

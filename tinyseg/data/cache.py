@@ -48,7 +48,7 @@ from ..io import atomic_save_npz, atomic_write_bytes
 from .coco import (SPLITS, CocoData, FilterConfig, FilterResult, ImageRecord, filter_images,
                    find_annotation_files, load_coco, resolve_data_root, split_of)
 from .errors import BadImageWarning, DataError, list_some
-from .images import RESIZE_POLICY, BadImage, letterbox, read_image
+from .images import MAX_SIZE, RESIZE_POLICY, BadImage, letterbox, read_image
 from .progress import Progress
 
 PathLike = Union[str, os.PathLike]
@@ -355,8 +355,9 @@ def load_split(root: Optional[PathLike], split: str, size: int,
     """
     if split not in SPLITS:
         raise ValueError(f"load_split: split must be one of {SPLITS}, got {split!r}")
-    if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"load_split: size must be a positive integer, got {size!r}")
+    if not isinstance(size, (int, np.integer)) or not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"load_split: size must be an integer from 1 to {MAX_SIZE}, "
+                         f"got {size!r}")
     size = int(size)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     sel = select(root, filters, cache_dir, annotation_files=annotation_files,

@@ -41,6 +41,10 @@ PathLike = Union[str, os.PathLike]
 
 #: Fill colour of the padding, RGB (the ImageNet mean colour, rounded).
 PAD_RGB = (124, 116, 104)
+#: The largest square side S the commands and checkpoints accept.  The presets train at
+#: 32-128; memory grows with S² (one photo at S = 1024 took 2.4 GB with ``tiramisu_tiny``), so
+#: a larger side is a damaged checkpoint or a typo, refused before it exhausts the memory.
+MAX_SIZE = 1024
 #: A one-line statement of the policy, stored with every cache.
 RESIZE_POLICY = ("letterbox: longer side resized to S (image bilinear+antialias, mask nearest), "
                  f"shorter side padded symmetrically (image RGB {PAD_RGB}, mask 0 = background)")

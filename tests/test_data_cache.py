@@ -105,6 +105,68 @@ def test_a_damaged_cache_file_is_rebuilt(root, tmp_path, damage):
     assert path.read_bytes() == data                            # written anew, whole
 
 
+def _edited(arrays, meta, edit):
+    """A copy of a cache's arrays and metadata with one hand edit (the file keeps its key)."""
+    a = {k: v.copy() for k, v in arrays.items()}
+    m = dict(meta)
+    if edit == "no boxes":
+        del a["boxes"]
+    elif edit == "meta a list":
+        m = [m]
+    elif edit == "meta without skipped":
+        del m["skipped"]
+    elif edit == "ids too short":
+        a["ids"] = a["ids"][:-1]
+    elif edit == "images the wrong size":
+        a["images"] = a["images"][:, :20]
+    elif edit == "mask label 7":
+        a["masks"][0, 0, 0] = 7
+    elif edit == "box outside":
+        a["boxes"][0] = (-100, 0, 10, 10)
+    elif edit == "std 0":
+        a["std"][1] = 0.0
+    a["meta"] = np.array(__import__("json").dumps(m))
+    return a
+
+
+@pytest.mark.parametrize("edit", ["no boxes", "meta a list", "meta without skipped",
+                                  "ids too short", "images the wrong size", "mask label 7",
+                                  "box outside", "std 0"])
+def test_a_cache_file_edited_inside_is_rebuilt(root, tmp_path, edit):
+    """A readable file with the right key whose content is not what build_cache writes gave
+    KeyError, AttributeError or ValueError tracebacks, or 'person IoU nan' (fuzzing helper);
+    it is rebuilt like an unreadable one."""
+    import json
+    cache = tmp_path / "c"
+    first = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    assert len(first) >= 2
+    (path,) = (cache / "data").glob("*-val.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    np.savez(path, **_edited(arrays, meta, edit))
+    again = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    for name in ("images", "masks", "ids", "boxes", "mean", "std"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+
+
+def test_an_index_naming_images_not_in_the_annotations_is_redone(root, tmp_path):
+    """The index remembers the kept ids so a built cache loads without reading the JSON; one
+    that names ids the annotations do not hold gave a KeyError traceback while caching."""
+    import json
+    cache = tmp_path / "c"
+    first = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    for f in (cache / "data").glob("*.npz"):
+        f.unlink()                                              # the caches must be built
+    (index,) = (cache / "data").glob("*-index-*.json")
+    saved = json.loads(index.read_text())
+    saved["ids"]["train"][0] = 987654321                        # count unchanged
+    index.write_text(json.dumps(saved))
+    again = load_split(root, "val", 24, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(again.images, first.images)
+    assert again.cache_key == first.cache_key
+
+
 def test_changes_of_size_filters_or_annotations_rebuild(root, tmp_path):
     cache = tmp_path / "c"
     a = load_split(root, "train", 24, cache_dir=cache, progress=False)

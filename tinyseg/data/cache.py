@@ -27,6 +27,10 @@ A small index (``...-index-<key>.json``) remembers the filter counts and kept id
 annotation files and filters, so that loading a built cache does not re-read a 450 MB
 annotation file.
 
+A cache file is checked before use (``well_formed``: names, dtypes, shapes, labels 0/1,
+boxes inside the square, finite statistics) and an index against the annotations whenever
+those are read; either one damaged or edited is rebuilt, never handed to training.
+
 Unreadable images (corrupt, truncated, missing, size differing from the annotation) are
 skipped when the cache is built, counted, stored in the cache's metadata and reported with a
 ``BadImageWarning``; training never meets them, so an epoch cannot die half way.
@@ -185,6 +189,11 @@ class Selection:
         return sorted(i for s in SPLITS for i in self.ids[s])
 
 
+class StaleIndex(Exception):
+    """The index names image ids that the annotations do not hold (it was edited or damaged):
+    ``load_split`` filters the annotations again."""
+
+
 def select(root: Optional[PathLike], filters: FilterConfig = FilterConfig(),
            cache_dir: Optional[PathLike] = None, *,
            annotation_files: Optional[Sequence[PathLike]] = None,
@@ -261,6 +270,8 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
     if data is None:
         data = load_coco(sel.root, sel.filters.category,
                          [f[0] for f in sel.sources["files"]], sel.sources["images_dir"])
+        if any(i not in data.records for i in sel.all_ids):
+            raise StaleIndex()
         sel.data = data
     key = key or cache_key(sel, size)
     paths: Dict[str, Path] = {}
@@ -328,7 +339,32 @@ def channel_stats(images: np.ndarray, boxes: np.ndarray) -> Tuple[np.ndarray, np
 
 
 # -- loading ----------------------------------------------------------------------------
-def _read_cache(path: Path, key: str) -> Optional[dict]:
+def well_formed(arrays: dict, meta, size: int) -> bool:
+    """Whether a cache file's arrays and metadata are what ``build_cache`` writes: the right
+    names, dtypes and shapes, labels 0/1, boxes inside the square, finite statistics.  A file
+    that fails is rebuilt (it was damaged or edited), never handed to training."""
+    try:
+        images, masks, ids, boxes = (arrays[k] for k in ("images", "masks", "ids", "boxes"))
+        mean, std = arrays["mean"], arrays["std"]
+        n = len(images)
+        top, left, h, w = boxes.T if boxes.ndim == 2 else (None,) * 4
+        return bool(
+            isinstance(meta, dict) and isinstance(meta.get("skipped"), list)
+            and isinstance(meta.get("policy"), str) and isinstance(meta.get("steps"), list)
+            and images.dtype == np.uint8 and images.shape == (n, size, size, 3)
+            and masks.dtype == np.uint8 and masks.shape == (n, size, size)
+            and np.all(masks <= 1)
+            and ids.dtype.kind == "i" and ids.shape == (n,) and len(np.unique(ids)) == n
+            and boxes.dtype.kind == "i" and boxes.shape == (n, 4)
+            and np.all((top >= 0) & (left >= 0) & (h >= 1) & (w >= 1)
+                       & (top + h <= size) & (left + w <= size))
+            and mean.shape == (3,) and np.all(np.isfinite(mean))
+            and std.shape == (3,) and np.all(np.isfinite(std)) and np.all(std > 0))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return False
+
+
+def _read_cache(path: Path, key: str, size: int) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
@@ -337,7 +373,8 @@ def _read_cache(path: Path, key: str) -> Optional[dict]:
         meta = json.loads(str(arrays.pop("meta")))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # unreadable (a truncated copy, another file): rebuilt
-    if meta.get("key") != key or meta.get("version") != CACHE_VERSION:
+    if not isinstance(meta, dict) or meta.get("key") != key \
+            or meta.get("version") != CACHE_VERSION or not well_formed(arrays, meta, size):
         return None
     arrays["meta"] = meta
     return arrays
@@ -364,10 +401,17 @@ def load_split(root: Optional[PathLike], split: str, size: int,
                  images_dir=images_dir)
     key = cache_key(sel, size)
     path = cache_path(cache_dir, sel.root, size, key, split)
-    arrays = None if rebuild else _read_cache(path, key)
+    arrays = None if rebuild else _read_cache(path, key, size)
     if arrays is None:
-        build_cache(sel, size, cache_dir, progress=progress, key=key)
-        arrays = _read_cache(path, key)
+        try:
+            build_cache(sel, size, cache_dir, progress=progress, key=key)
+        except StaleIndex:                  # the remembered ids are not in the annotations
+            sel = select(root, filters, cache_dir, annotation_files=annotation_files,
+                         images_dir=images_dir, use_index=False)
+            key = cache_key(sel, size)
+            path = cache_path(cache_dir, sel.root, size, key, split)
+            build_cache(sel, size, cache_dir, progress=progress, key=key)
+        arrays = _read_cache(path, key, size)
         if arrays is None:
             raise DataError(f"{path}: the cache just written cannot be read back")
     else:

@@ -522,6 +522,19 @@ def test_a_damaged_run_directory_is_named_not_a_traceback(data, tmp_path, capsys
     assert "log.jsonl: line 1 is damaged" in damaged(
         "e", lambda r: cut(r / "log.jsonl", 20))
 
+    def state_edit(**changes):       # a hand-edited __state__ gave a numpy traceback
+        def change(r):
+            with np.load(r / "last.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+            state = json.loads(str(arrays["__state__"]))
+            arrays["__state__"] = np.array(json.dumps({**state, **changes}))
+            np.savez(r / "last.npz", **arrays)
+        return change
+    for k, change in enumerate([dict(epoch=-3), dict(batch=-5), dict(best_epoch=7),
+                                dict(elapsed=-1.0)]):
+        err = damaged(f"s{k}", state_edit(**change))
+        assert "last.npz: cannot resume from it (damaged training state" in err, err
+
 
 def test_statistics_batches_leave_out_a_single_image_batch():
     from tinyseg.train import statistics_batches

@@ -515,6 +515,10 @@ class Trainer:
         self.best_iou = -math.inf if state["best_iou"] is None else float(state["best_iou"])
         self.best_epoch = int(state["best_epoch"])
         self.elapsed = float(state["elapsed"])
+        if min(self.epoch, self.batch, self.best_epoch) < 0 or self.best_epoch > self.epoch \
+                or not (math.isfinite(self.elapsed) and self.elapsed >= 0):
+            raise ValueError(f"damaged training state: epoch {self.epoch}, batch {self.batch}, "
+                             f"best epoch {self.best_epoch}, elapsed {self.elapsed}")
         mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
         if not (np.array_equal(mean, self.mean) and np.array_equal(std, self.std)):
             raise UserError(f"{path}: the training data changed since the run started (its "

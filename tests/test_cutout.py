@@ -340,6 +340,29 @@ def test_out_directory_is_created_with_its_parents(ckpt, tmp_path, capsys):
         assert im.size == (40, 30) and im.mode == "RGBA"
 
 
+def test_an_out_file_and_a_read_only_output_are_refused(ckpt, tmp_path, capsys):
+    """'-o afile' said 'cannot create the output directory (File exists)'; a read-only
+    output was replaced through the rename that writes every output (as any user who may
+    write to the folder). Both are refused by name; the read-only file keeps its bytes."""
+    import os
+    write_jpeg(tmp_path / "p.jpg", 40, 30)
+    write_jpeg(tmp_path / "q.jpg", 30, 40)
+    (tmp_path / "afile").write_text("x")
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "p.jpg"), "-o",
+                                             str(tmp_path / "afile"), "--checkpoint",
+                                             str(ckpt)]) == 1
+    assert "afile: is a file" in capsys.readouterr().err
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "p-cutout.png").write_bytes(b"kept")
+    os.chmod(out / "p-cutout.png", 0o444)
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "p.jpg"), str(tmp_path / "q.jpg"),
+                                             "-o", str(out), "--checkpoint", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert "p.jpg: skipped: " in err and "is read-only; not replaced" in err, err
+    assert (out / "p-cutout.png").read_bytes() == b"kept" and (out / "q-cutout.png").is_file()
+
+
 def test_pillow_warnings_name_the_photo(ckpt, tmp_path, capsys, monkeypatch):
     """A Pillow warning about a photo (here: larger than Pillow's pixel limit, which warns
     below twice the limit) is one line naming the photo, not Python's file:line format."""

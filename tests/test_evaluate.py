@@ -382,6 +382,9 @@ def test_a_run_directory_as_checkpoint_points_at_its_best(tmp_path, capsys):
     (run / "best.npz").write_bytes(b"x")
     assert run_main(evaluate_main, "tinyseg.evaluate", ["--checkpoint", str(run)]) == 1
     assert f"did you mean {run / 'best.npz'}?" in capsys.readouterr().err
+    # a device is not a checkpoint that is missing
+    assert run_main(evaluate_main, "tinyseg.evaluate", ["--checkpoint", "/dev/null"]) == 1
+    assert "/dev/null: not a regular file" in capsys.readouterr().err
 
 
 def test_out_that_is_a_file_is_refused_before_scoring(setup, tmp_path, capsys):

@@ -205,6 +205,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as e:
         raise UserError(str(e)) from None
     out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"-o {out_dir}: is a file; -o names the folder the PNGs go in")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -216,6 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             if real_path(photo) == real_path(target):
                 raise BadImage("the output would overwrite the input; choose another -o")
+            if target.is_file() and not target.stat().st_mode & 0o222:
+                raise BadImage(f"{target} exists and is read-only; not replaced")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.filterwarnings("always", module=r"PIL\.")
                 w, h = cutout_file(predictor, photo, target, mode, threshold, args.soft,

@@ -264,6 +264,8 @@ def resolve_checkpoint(arg: Optional[str]) -> Path:
         if path.is_dir():
             hint = f": did you mean {path / 'best.npz'}?" if (path / "best.npz").is_file() else ""
             raise UserError(f"{path}: is a directory, not a checkpoint file{hint}")
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: not a regular file (a device or pipe), not a checkpoint")
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found")
         return path

@@ -704,10 +704,11 @@ def test_out_refuses_an_ensemble_run_directory(tmp_path, capsys):
     assert not (run / "config.json").exists()
 
 
-def test_out_refuses_a_folder_holding_other_files(tmp_path, capsys):
-    """``--out`` naming a non-empty folder that is not a run is refused before anything is
-    written: a run there would replace the user's own best.npz and append to their log.jsonl.
-    A file named by ``--out`` is refused too; an empty folder is accepted (the test after)."""
+def test_out_refuses_a_folder_holding_files_a_run_writes(tmp_path, capsys):
+    """``--out`` naming a folder that holds best.npz or log.jsonl (but no run) is refused
+    before anything is written: the run replaced the user's best.npz and appended to their
+    log.jsonl. A file named by ``--out`` is refused too; a folder holding only files that a
+    run never writes is used, and those files are left as they were."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "best.npz").write_bytes(b"PK the user's model")
@@ -717,7 +718,7 @@ def test_out_refuses_a_folder_holding_other_files(tmp_path, capsys):
             "--epochs", "1", "--epoch-images", "4", "--no-test"]
     assert run_main(main, "tinyseg.train", args + ["--out", str(mine)]) == 1
     err = capsys.readouterr().err
-    assert "not empty" in err and str(mine) in err, err
+    assert f"{mine}: holds best.npz, log.jsonl, which a run would replace" in err, err
     assert (mine / "best.npz").read_bytes() == b"PK the user's model"
     assert (mine / "log.jsonl").read_text() == '{"mine": 1}\n'
     assert sorted(q.name for q in mine.iterdir()) == ["best.npz", "log.jsonl"]
@@ -725,10 +726,11 @@ def test_out_refuses_a_folder_holding_other_files(tmp_path, capsys):
     afile.write_text("x")
     assert run_main(main, "tinyseg.train", args + ["--out", str(afile)]) == 1
     assert "is a file" in capsys.readouterr().err
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert run_main(main, "tinyseg.train", args + ["--out", str(empty), "--members", "1"]) == 0
-    assert (empty / "best.npz").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert run_main(main, "tinyseg.train", args + ["--out", str(other), "--members", "1"]) == 0
+    assert (other / "best.npz").exists() and (other / "notes.txt").read_text() == "mine"
 
 
 def test_more_pools_than_the_size_allows_are_refused(tmp_path, capsys):

@@ -1054,6 +1054,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: What a run (or an ensemble run) writes into its folder: --out refuses a folder that
+#: holds any of these, so that nothing of the user's is replaced.
+RUN_FILES = ("config.json", "log.jsonl", "best.npz", "last.npz", "curves.png", "pictures",
+             "test.json", ENSEMBLE_MANIFEST)
+
+
+def run_files_in(folder: Path) -> List[str]:
+    """The entries of ``folder`` that a run would write over (``RUN_FILES``, ``member<k>``)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name in RUN_FILES or (p.name.startswith("member")
+                                             and p.name[len("member"):].isdigit()))
+
+
 def _config_from_args(args) -> TrainConfig:
     overrides = None
     if args.model_overrides:
@@ -1181,10 +1196,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 "or choose another --out")
             if out.exists() and not out.is_dir():
                 raise UserError(f"--out {out}: is a file, not a folder")
-            if out.is_dir() and any(out.iterdir()):
-                raise UserError(f"--out {out}: the folder is not empty and holds no tinyseg run; "
-                                "a run writes best.npz, last.npz, log.jsonl and more there, "
-                                "so choose a new or empty folder")
+            taken = run_files_in(out)
+            if taken:
+                raise UserError(f"--out {out}: holds {', '.join(taken)}, which a run would "
+                                "replace; choose a new or empty folder")
             t0 = time.perf_counter()
             train, val = load_data(cfg, args.cache, progress=not args.quiet)
             if cfg.members > 1:

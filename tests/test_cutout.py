@@ -270,6 +270,9 @@ def test_prediction_helpers_name_bad_arguments():
             softmax_person(logits)
     with pytest.raises(ValueError, match="rows_per_chunk must be positive"):
         resize_bilinear(np.zeros((3, 3)), 6, 6, rows_per_chunk=-1)
+    for h, w in ((2.5, 3), (3, "4"), (True, 3)):      # a float size was a bare TypeError
+        with pytest.raises(ValueError, match="must be integers, got"):
+            resize_bilinear(np.zeros((3, 3)), h, w)
     predictor = Predictor(model=model, size=16, mean=np.zeros(3, np.float32),
                           std=np.ones(3, np.float32))
     for rgb in ([[1]], np.zeros((0, 5, 3), np.uint8)):

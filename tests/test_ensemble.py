@@ -132,6 +132,12 @@ def test_bad_ensembles_are_refused_by_name(tmp_path):
     np.savez(tmp_path / "short.npz", **data)
     with pytest.raises(CheckpointError, match="short.npz: member 2 of 3 is missing"):
         load_ensemble(tmp_path / "short.npz")
+    # and one that claims 1 member but holds 2 (the second was silently left out)
+    data["__ensemble__"] = np.array(json.dumps({"members": 1}))
+    np.savez(tmp_path / "long.npz", **data)
+    with pytest.raises(CheckpointError, match="long.npz: entries that belong to none of its 1 "
+                                              "members: member1/"):
+        load_ensemble(tmp_path / "long.npz")
 
 
 def test_join_command_writes_the_same_file_and_refuses_by_name(tmp_path, capsys):

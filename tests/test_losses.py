@@ -144,6 +144,7 @@ def test_all_ignored_torch_gives_nan_we_give_zero(torch):
     (np.zeros((1, 2, 3, 4)), np.full((1, 3, 4), 7), {"ignore_index": 6}, "ignore_index=6"),
     (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"weight": [1.0]}, r"\(2,\)"),
     (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"weight": [1.0, -1]}, "non-negative"),
+    (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"weight": [0, 0]}, "not be all zero"),
     (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"ignore_index": 1.5}, "ignore_index"),
     ([[[[0.0]]]], np.zeros((1, 1, 1), int), {}, "ndarray"),
     (np.zeros((1, 2, 3, 4)), np.zeros((1, 3, 4), int), {"ignore_index": 2**63}, "fit in 64 bits"),

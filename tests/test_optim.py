@@ -204,6 +204,11 @@ def test_param_validation():
         RMSprop([])
     with pytest.raises(ValueError, match="triples"):
         RMSprop([p])
+    # the layer itself, or something not iterable, was a bare "is not iterable" TypeError
+    with pytest.raises(ValueError, match=r"pass Tiny.named_parameters\(\)"):
+        RMSprop(Tiny(np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="iterable of .* triples, got int"):
+        RMSprop(3)
     with pytest.raises(ValueError, match="twice"):
         RMSprop([("a", p, np.zeros_like(p)), ("a", p, np.zeros_like(p))])
     with pytest.raises(ValueError, match=r"gradient of 'a'.*\(3, 2\)"):

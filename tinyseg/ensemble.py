@@ -164,6 +164,12 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
             raise ValueError(f"{k_members} members")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged ensemble entry ({e})") from None
+    expected = {f"member{k}/" for k in range(k_members)}
+    stray = sorted(n for n in data if n[:n.find("/") + 1] not in expected)
+    if stray:       # a single checkpoint refuses unknown entries too
+        raise CheckpointError(f"{path}: entries that belong to none of its {k_members} "
+                              f"members: {', '.join(stray[:5])}"
+                              + (f" and {len(stray) - 5} more" if len(stray) > 5 else ""))
     members = []
     for k in range(k_members):
         prefix = f"member{k}/"

@@ -121,6 +121,10 @@ def resize_bilinear(a: np.ndarray, height: int, width: int, rows_per_chunk: int 
     a = np.asarray(a, dtype=np.float32)
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"resize_bilinear: expected a non-empty 2-D array, got shape {a.shape}")
+    for v in (height, width, rows_per_chunk):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"resize_bilinear: height, width and rows_per_chunk must be "
+                             f"integers, got {v!r}")
     if height < 1 or width < 1:
         raise ValueError(f"resize_bilinear: output size must be positive, got {height}x{width}")
     if rows_per_chunk < 1:

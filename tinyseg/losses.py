@@ -105,6 +105,8 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray,
                              f"{logits.shape}, got {w.shape}")
         if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(f"{_NAME}: weight must be finite and non-negative, got {w}")
+        if not np.any(w > 0):         # the weighted mean would be 0 / 0
+            raise ValueError(f"{_NAME}: weight must not be all zero, got {w}")
 
     loss, dlogits = _sce_kernel(np.ascontiguousarray(logits), np.ascontiguousarray(t), w, ignore)
     return float(loss), dlogits

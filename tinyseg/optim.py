@@ -95,6 +95,14 @@ class RMSprop:
             "RMSprop", lr, alpha, eps, weight_decay)
         self.params: List[ParamTriple] = []
         seen = set()
+        if hasattr(params, "named_parameters"):
+            raise ValueError(f"RMSprop: pass {type(params).__name__}.named_parameters(), the "
+                             f"(name, param, grad) triples, not the layer itself")
+        try:
+            params = iter(params)
+        except TypeError:
+            raise ValueError(f"RMSprop: params must be an iterable of (name, param, grad) "
+                             f"triples, got {type(params).__name__}") from None
         for item in params:
             if not (isinstance(item, tuple) and len(item) == 3):
                 raise ValueError("RMSprop: params must be (name, param, grad) triples as "

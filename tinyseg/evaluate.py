@@ -327,7 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         images, masks, boxes, ids = ds.images[:n], ds.masks[:n], ds.boxes[:n], ds.ids[:n]
         with Progress(f"scoring the {args.split} split, '{name}' filter", total=n,
-                      enabled=not args.json) as progress:
+                      enabled=not args.json) as progress, \
+                np.errstate(over="ignore", invalid="ignore"):   # checked: ev.finite
             ev = evaluate_dataset(model, images, masks, boxes, info["mean"], info["std"],
                                   batch_size=args.batch_size, flip=args.flip,
                                   keep_predictions=args.worst > 0, on_batch=progress.update)

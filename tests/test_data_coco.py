@@ -399,6 +399,41 @@ def test_a_repeated_image_id_is_named(tmp_path):
         read_coco_json(_write(tmp_path, data))
 
 
+def test_absurd_sizes_ids_and_repeated_annotations_are_named(tmp_path):
+    """From a fuzzing helper: a side of 2**31 crashed pycocotools (segmentation fault), sides
+    above 65535 gave it wrong areas, an id of 10**30 an OverflowError when caching, a repeated
+    annotation id a mask holding one person twice (coverage 0.29 instead of 0.52), and
+    iscrowd "0" (a string) counted as crowd. Each is refused naming the file and the entry."""
+    def refused(change, says):
+        data = coco_dict([FakeImage(persons=[(0, 0, 10, 10), (12, 0, 20, 10)])])
+        change(data)
+        path = _write(tmp_path, data)
+        with pytest.raises(DataError, match=says) as e:
+            read_coco_json(path)
+        assert str(path) in str(e.value)
+
+    def side(d):
+        d["images"][0]["width"] = 2**31
+    refused(side, r"has size 2147483648x\d+ \(each side must be 1 to 65535")
+
+    def big_id(d):
+        d["images"][0]["id"] = 10**30
+        for a in d["annotations"]:
+            a["image_id"] = 10**30
+    refused(big_id, "does not fit in 64 bits")
+
+    def twice(d):
+        d["annotations"][1]["id"] = d["annotations"][0]["id"]
+    refused(twice, r"annotation id \d+ appears twice in 'annotations'")
+
+    def crowd(d):
+        d["annotations"][0]["iscrowd"] = "0"
+    refused(crowd, r"'iscrowd' must be 0 or 1, got '0'")
+    ok = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
+    ok["images"][0]["width"] = 65535                 # the largest side accepted
+    read_coco_json(_write(tmp_path, ok))
+
+
 def test_an_annotation_without_an_id_is_named(tmp_path):
     data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
     del data["annotations"][0]["id"]

@@ -50,6 +50,9 @@ PathLike = Union[str, os.PathLike]
 
 ENV_DATA = "TINYSEG_DATA"
 SPLITS = ("train", "val", "test")
+#: The largest image side an annotation file may state: pycocotools counts a mask's pixels
+#: in 32 bits, so its areas go wrong above 65535 x 65535 (and it crashed at 2**31).
+MAX_SIDE = 65535
 #: Cumulative split boundaries on the hash bucket b in [0, 100): 70 / 20 / 10 per cent.
 SPLIT_BOUNDS = {"train": 70, "val": 90, "test": 100}
 
@@ -305,9 +308,12 @@ def check_coco(data, path: PathLike, category: Optional[str] = None) -> None:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise _fail(path, f"images[{i}] has no valid '{key}' (expected "
                                   f"{kind.__name__}, got {value!r})")
-        if im["width"] <= 0 or im["height"] <= 0:
+        if not (0 < im["width"] <= MAX_SIDE and 0 < im["height"] <= MAX_SIDE):
             raise _fail(path, f"images[{i}] (id {im['id']}) has size "
-                              f"{im['width']}x{im['height']}")
+                              f"{im['width']}x{im['height']} (each side must be 1 to "
+                              f"{MAX_SIDE}: pycocotools' masks go wrong above that)")
+        if not 0 <= im["id"] < 2**63:
+            raise _fail(path, f"images[{i}] has id {im['id']}, which does not fit in 64 bits")
         if im["id"] in image_ids:
             raise _fail(path, f"image id {im['id']} appears twice in 'images'")
         image_ids.add(im["id"])
@@ -317,12 +323,19 @@ def check_coco(data, path: PathLike, category: Optional[str] = None) -> None:
             raise _fail(path, f"categories[{i}] needs an integer 'id' and a 'name'")
     checked = {c["id"] for c in data["categories"] if category is None or c["name"] == category}
     sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise _fail(path, f"annotations[{i}] is not an object")
         for key in ("id", "image_id", "category_id"):
             if not isinstance(ann.get(key), int):
                 raise _fail(path, f"annotations[{i}] has no integer '{key}'")
+        if ann["id"] in ann_ids:      # pycocotools would return one of them twice
+            raise _fail(path, f"annotation id {ann['id']} appears twice in 'annotations'")
+        ann_ids.add(ann["id"])
+        if ann.get("iscrowd", 0) not in (0, 1):      # a string "0" would count as crowd
+            raise _fail(path, f"annotation {ann['id']}: 'iscrowd' must be 0 or 1, got "
+                              f"{ann.get('iscrowd')!r}")
         if ann["image_id"] not in sizes:
             raise _fail(path, f"annotation {ann['id']} refers to image {ann['image_id']}, "
                               "which is not in 'images'")

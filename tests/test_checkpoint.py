@@ -205,6 +205,27 @@ def test_saved_files_get_the_umask_mode(tmp_path):
     assert stat.S_IMODE(os.stat(b).st_mode) == 0o640
 
 
+def test_atomic_writes_leave_a_read_only_file_alone(tmp_path):
+    """The rename that makes a write atomic replaced a file its owner had made read-only
+    (cutout's PNGs, 'data show' sheets, ensemble files: found by fuzzing helpers); every
+    atomic write now refuses it, naming the file, and leaves its bytes and mode."""
+    import errno
+    from tinyseg.io import atomic_save_npz, atomic_write_bytes
+    for write in (lambda p: atomic_write_bytes(p, b"new"),
+                  lambda p: atomic_save_npz(p, {"x": np.arange(3)})):
+        path = tmp_path / "kept.bin"
+        path.write_bytes(b"old")
+        os.chmod(path, 0o444)
+        with pytest.raises(PermissionError) as e:
+            write(path)
+        assert e.value.errno == errno.EACCES and e.value.filename == str(path)
+        assert "read-only; not replaced" in str(e.value)
+        assert path.read_bytes() == b"old" and stat.S_IMODE(os.stat(path).st_mode) == 0o444
+        assert sorted(q.name for q in tmp_path.iterdir()) == ["kept.bin"]   # no temp file
+        os.chmod(path, 0o644)
+        path.unlink()
+
+
 def test_atomic_writes_make_missing_folders(tmp_path):
     from tinyseg.io import atomic_save_npz, atomic_write_bytes, read_npz
     path = atomic_save_npz(tmp_path / "a" / "b" / "x.npz", {"a": np.arange(3)})

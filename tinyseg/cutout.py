@@ -218,8 +218,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             if real_path(photo) == real_path(target):
                 raise BadImage("the output would overwrite the input; choose another -o")
-            if target.is_file() and not target.stat().st_mode & 0o222:
-                raise BadImage(f"{target} exists and is read-only; not replaced")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.filterwarnings("always", module=r"PIL\.")
                 w, h = cutout_file(predictor, photo, target, mode, threshold, args.soft,

@@ -28,10 +28,14 @@ def _umask_mode() -> int:
 
 def _writable(path: PathLike) -> Path:
     """``path`` as a Path, its folder made; an existing folder of that name is refused here,
-    by name (else the rename at the end fails naming the temporary file)."""
+    by name (else the rename at the end fails naming the temporary file), and so is an
+    existing file with no write permission for anyone: the rename would replace it although
+    its owner protected it (``chmod a-w``), for any user who may write to the folder."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+    if path.is_file() and not path.stat().st_mode & 0o222:
+        raise PermissionError(errno.EACCES, "read-only; not replaced", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

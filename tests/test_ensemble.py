@@ -140,6 +140,26 @@ def test_bad_ensembles_are_refused_by_name(tmp_path):
         load_ensemble(tmp_path / "long.npz")
 
 
+def test_members_predicting_other_classes_or_from_other_pictures_are_refused(tmp_path):
+    """A second fuzzing helper joined a 2-class and a 3-class network ('an ensemble of 2
+    networks'); cutout then failed with a broadcasting traceback. A 4-channel network gave a
+    traceback in cutout too. Both are refused where they are joined or loaded."""
+    two = checkpoints(tmp_path, nets(1))[0]
+    three = save_model(tmp_path / "three.npz",
+                       tiramisu_tiny(num_classes=3, rng=np.random.default_rng(5)),
+                       make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    with pytest.raises(CheckpointError, match="three.npz: takes 3 input channels and gives 3 "
+                                              "classes, .* 3 and 2"):
+        save_ensemble(tmp_path / "e.npz", [two, three])
+    with pytest.raises(ValueError, match="member 1 takes 3 input channels and gives 3"):
+        Ensemble([nets(1)[0], tiramisu_tiny(num_classes=3, rng=np.random.default_rng(5))])
+    four = save_model(tmp_path / "four.npz",
+                      tiramisu_tiny(in_channels=4, rng=np.random.default_rng(6)),
+                      make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
+    with pytest.raises(CheckpointError, match="four.npz: the network takes 4 input channels"):
+        load_model(four)
+
+
 def test_join_command_writes_the_same_file_and_refuses_by_name(tmp_path, capsys):
     from tinyseg.ensemble import PROG, main as join_main
     paths = checkpoints(tmp_path, nets(2))

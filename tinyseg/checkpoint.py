@@ -240,5 +240,9 @@ def load_model(path: PathLike, mean=None, std=None, size: Optional[int] = None
     info["size"], info["mean"], info["std"] = checked_normalisation(path, info)
     if model is None:
         model = build_model(config, weights, path)
+    channels = (model.members[0] if hasattr(model, "members") else model).config["in_channels"]
+    if channels != 3:
+        raise CheckpointError(f"{path}: the network takes {channels} input channels; photos "
+                              f"and the data sets here have 3 (RGB)")
     model.eval()
     return model, info

@@ -54,6 +54,14 @@ class Ensemble:
     def __init__(self, members: Sequence):
         if not members:
             raise ValueError("Ensemble: needs at least one member")
+        shapes = [(k, (m.config["in_channels"], m.config["num_classes"]))
+                  for k, m in enumerate(members) if hasattr(m, "config")]   # Tiramisus
+        odd = [(k, s) for k, s in shapes if s != shapes[0][1]]
+        if odd:
+            (j, first), (k, other) = shapes[0], odd[0]
+            raise ValueError(f"Ensemble: member {k} takes {other[0]} input channels and gives "
+                             f"{other[1]} classes, member {j} {first[0]} and {first[1]}: the "
+                             f"members' probabilities cannot be averaged")
         self.members = list(members)
         self.training = False
 
@@ -126,8 +134,14 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
             raise CheckpointError(f"{mp}: not a model checkpoint (best.npz or last.npz of a "
                                   f"run)")
         config, weights, m, _, _ = read(mp)   # the checks load_model makes: format version,
-        build_model(config, weights, mp)      # metadata, weights that fit the network
+        net = build_model(config, weights, mp)  # metadata, weights that fit the network
         checked_normalisation(mp, m)
+        if k and (net.config["in_channels"], net.config["num_classes"]) != shape:
+            raise CheckpointError(f"{mp}: takes {net.config['in_channels']} input channels and "
+                                  f"gives {net.config['num_classes']} classes, {member_paths[0]} "
+                                  f"{shape[0]} and {shape[1]}: members must predict the same "
+                                  f"classes from the same pictures")
+        shape = (net.config["in_channels"], net.config["num_classes"])
         key = {n: m.get(n) for n in ("size", "mean", "std")}
         if meta is None:
             meta = m
@@ -185,7 +199,10 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
         if version != FORMAT_VERSION:
             raise CheckpointError(f"{path}: member {k} has another weight-file format version")
         members.append(build_model(config, part, f"{path} (member {k})"))
-    ens = Ensemble(members)
+    try:
+        ens = Ensemble(members)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     ens.eval()
     return ens, meta, info
 

@@ -147,3 +147,41 @@ def test_full_resolution_script(setup, capsys):
     assert len(pairs) > 0 and pairs[0][0].shape == (48, 64)
     assert val == pytest.approx(full_resolution.pooled_iou(pairs), abs=5e-5)
     assert "guided filter r=8, eps=0.01" in text and "best on validation" in text
+
+
+def test_scripts_name_what_they_cannot_use(setup, tmp_path, capsys, monkeypatch):
+    """A second fuzzing helper: a missing checkpoint or data folder ended every script in a
+    traceback; '--sizes 0' printed the model's own size as a '0px' row (``size or ...``);
+    '--sizes 96 96' crashed while unpacking. Now one line each (exit 1, or 2 for a flag)."""
+    import common
+    root, cache, ckpt = setup
+    monkeypatch.setattr(sys, "argv", ["sizes.py"])
+    for script in (cleanup, threshold, sizes, full_resolution):
+        with pytest.raises(SystemExit) as e:
+            common.run(lambda: script.main(["--checkpoint", str(tmp_path / "no.npz")]))
+        assert e.value.code == f"sizes.py: error: {tmp_path / 'no.npz'}: file not found"
+    with pytest.raises(SystemExit) as e:
+        common.run(lambda: threshold.main(["--checkpoint", str(ckpt), "--data",
+                                           str(tmp_path)]))
+    assert "no 'annotations' folder" in str(e.value.code)
+    for bad in (["0"], ["32", "32"], ["-8"], ["2000"]):
+        with pytest.raises(SystemExit) as e:
+            sizes.main(["--checkpoint", str(ckpt), "--sizes", *bad])
+        assert e.value.code == 2
+        assert "--sizes must be different sizes from 1 to 1024" in capsys.readouterr().err
+
+
+def test_full_resolution_skips_an_unreadable_photo_by_name(setup, tmp_path, capsys):
+    """It stopped at a missing image with a bare 'BadImage: file not found'."""
+    import shutil
+    root, cache, ckpt = setup
+    copy = tmp_path / "coco"
+    shutil.copytree(root, copy)
+    from tinyseg.data.cache import select
+    from tinyseg.data.coco import load_coco
+    sel = select(copy, cache_dir=tmp_path / "c")
+    victim = load_coco(copy).records[sel.ids["val"][0]].path
+    victim.unlink()
+    got = list(full_resolution.photos("val", "default", copy, tmp_path / "c"))
+    assert len(got) == len(sel.ids["val"]) - 1
+    assert f"skipped {victim}: file not found" in capsys.readouterr().err

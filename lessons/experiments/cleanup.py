@@ -20,7 +20,7 @@ from collections import deque
 import numpy as np
 
 from common import (best_on_validation, open_predictor, parser, person_iou, predict_split,
-                    table)
+                    run, table)
 
 
 def regions(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -104,4 +104,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

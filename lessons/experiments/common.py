@@ -9,13 +9,17 @@ every pixel of the split pooled, the letterbox padding not counted.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from tinyseg.checkpoint import default_weights
+from tinyseg.checkpoint import CheckpointError, default_weights
 from tinyseg.data.cache import load_split
 from tinyseg.data.coco import FILTER_PRESETS
+from tinyseg.data.errors import DataError
+from tinyseg.data.images import BadImage
 from tinyseg.evaluate import IGNORE, eval_targets
 from tinyseg.infer import Predictor
 from tinyseg.metrics import confusion_matrix, iou_per_class
@@ -35,8 +39,8 @@ class SplitPrediction:
 def predict_split(predictor: Predictor, split: str, filter_name: str = "default",
                   size: int | None = None, data=None, cache=None) -> SplitPrediction:
     """Load ``split`` (cached, at ``size`` or the model's own size) and predict it."""
-    ds = load_split(data, split, size or predictor.size, FILTER_PRESETS[filter_name], cache,
-                    progress=False)
+    ds = load_split(data, split, predictor.size if size is None else size,
+                    FILTER_PRESETS[filter_name], cache, progress=False)
     probs = predictor.probabilities(ds.images)
     return SplitPrediction(probs, ds.masks, ds.boxes, ds.ids, ds.images)
 
@@ -69,6 +73,15 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data root (default: $TINYSEG_DATA)")
     p.add_argument("--cache", default=None, help="cache folder (default: $TINYSEG_CACHE)")
     return p
+
+
+def run(main) -> None:
+    """Run a script's ``main``: a checkpoint, data folder or image that cannot be used ends
+    it with one line naming it (exit 1), as the tinyseg commands do, not a traceback."""
+    try:
+        main()
+    except (CheckpointError, DataError, BadImage) as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
 
 
 def open_predictor(checkpoint: str | None) -> Predictor:

@@ -16,11 +16,14 @@ is flat (var(I) << eps) ``q`` is the smoothed ``p``.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from common import best_on_validation, open_predictor, parser, pooled_iou, table
+from common import best_on_validation, open_predictor, parser, pooled_iou, run, table
 from tinyseg.data.cache import read_record_image, select
 from tinyseg.data.coco import FILTER_PRESETS, load_coco
+from tinyseg.data.images import BadImage
 
 
 def box_mean(a: np.ndarray, r: int) -> np.ndarray:
@@ -58,7 +61,11 @@ def photos(split: str, filter_name: str, data=None, cache=None):
     sel = select(data, FILTER_PRESETS[filter_name], cache)
     coco = load_coco(sel.root, FILTER_PRESETS[filter_name].category)
     for image_id in sel.ids[split]:
-        yield read_record_image(coco.records[image_id]), coco.mask(image_id)
+        rec = coco.records[image_id]
+        try:
+            yield read_record_image(rec), coco.mask(image_id)
+        except BadImage as e:     # the cache skipped it too (and said so when it was built)
+            print(f"skipped {rec.path}: {e}", file=sys.stderr)
 
 
 def main(argv=None) -> None:
@@ -84,4 +91,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import open_predictor, parser, person_iou, predict_split, table
+from common import open_predictor, parser, person_iou, predict_split, run, table
+from tinyseg.data.images import MAX_SIZE
 from tinyseg.infer import resize_bilinear
 
 
@@ -32,6 +33,9 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="input sizes (default: the model's size -8, +0, +8)")
     args = p.parse_args(argv)
+    if args.sizes is not None and (len(set(args.sizes)) != len(args.sizes)
+                                   or not all(1 <= s <= MAX_SIZE for s in args.sizes)):
+        p.error(f"--sizes must be different sizes from 1 to {MAX_SIZE}, got {args.sizes}")
     predictor = open_predictor(args.checkpoint)
     sizes = args.sizes or [predictor.size - 8, predictor.size, predictor.size + 8]
     averaged = {}
@@ -57,4 +61,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from common import (best_on_validation, open_predictor, parser, person_iou, predict_split,
-                    table)
+                    run, table)
 
 THRESHOLDS = np.round(np.arange(0.30, 0.701, 0.05), 2)
 
@@ -31,4 +31,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

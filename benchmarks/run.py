@@ -1406,6 +1406,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--model-budget must be a number of seconds > 0, got {a.model_budget}")
     if Path(a.out).exists() and not Path(a.out).is_dir():
         p.error(f"--out {a.out}: exists and is not a directory")
+    blocked = next((q for q in Path(a.out).parents if q.exists() and not q.is_dir()), None)
+    if blocked is not None:
+        p.error(f"--out {a.out}: {blocked} is a file, not a directory")
+    if not a.max_seconds > 0:
+        p.error(f"--max-seconds must be a number of seconds > 0, got {a.max_seconds}")
     q = a.quick
     a.threads = a.threads or ([1] if q else [1, 2])
     a.parts = a.parts or (["kernels", "models"] if q else ["kernels", "models", "compile"])
@@ -1465,6 +1470,15 @@ def run(opts: argparse.Namespace, argv: Sequence[str]) -> int:
     if "kernels" in opts.parts:
         results["recorded"] = record_presets(opts.kernel_presets, max(opts.threads), log,
                                              opts.quiet)
+        if opts.ops:          # a misspelt --ops wrote an empty report and exited 0
+            from benchmarks import cases
+            names = sorted({op for rec in results["recorded"].values()
+                            for kind in ("efficient", "naive") for b in opts.batches
+                            for op in cases.group_calls(rec[kind]["calls"], b)})
+            if not any(s in op for s in opts.ops for op in names):
+                print(f"python -m benchmarks: error: no op name contains any of {opts.ops} "
+                      f"(ops: {', '.join(names)})", file=sys.stderr)
+                return 2
     for threads in opts.threads:
         if "kernels" in opts.parts:
             _say(f"kernels, {threads} thread(s)", opts.quiet)

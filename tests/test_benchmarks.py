@@ -254,6 +254,7 @@ def test_targets_verdicts():
     (["--model-budget", "0"], "--model-budget must be a number of seconds > 0"),
     (["--max-shapes", "0"], "--max-shapes must be at least 1"),     # 0 meant "all shapes"
     (["--threads", "0"], "--threads and --blas-threads must be at least 1"),
+    (["--max-seconds", "-1"], "--max-seconds must be a number of seconds > 0"),  # accepted
 ])
 def test_bad_flag_values_exit_2_with_a_message(flags, says, capsys):
     with pytest.raises(SystemExit) as e:
@@ -266,6 +267,19 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run.parse_args(["--out", str(tmp_path / "f")])
     assert e.value.code == 2 and "exists and is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:            # was a NotADirectoryError traceback
+        run.parse_args(["--out", str(tmp_path / "f" / "sub")])
+    assert e.value.code == 2 and f"{tmp_path / 'f'} is a file" in capsys.readouterr().err
+
+
+def test_ops_matching_nothing_is_an_error_not_an_empty_report(tmp_path):
+    """A misspelt --ops wrote an empty report and exited 0."""
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--quiet", "--out", str(tmp_path),
+           "--ops", "conv3x3 fwdd", "--parts", "kernels", "--no-torch"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no op name contains any of ['conv3x3 fwdd'] (ops: " in proc.stderr
+    assert "conv3x3 fwd," in proc.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_thread_environment(monkeypatch):

@@ -126,7 +126,10 @@ def test_bad_flags_exit_2(root, capsys):
                  ["download", "--root", "x", "--timeout", "nan"],
                  ["download", "--root", "x", "--timeout", "-5"],
                  ["download", "--root", "x", "--annotations-url", ""],
-                 ["download", "--root", "x", "--annotations-url", "notaurl"]):
+                 ["download", "--root", "x", "--annotations-url", "notaurl"],
+                 # numpy's traceback for a negative seed; load_split's for a side over 1024
+                 ["show", "--seed", "-5"], ["bench", "--seed", "-5"],
+                 ["bench", "--size", "2000"]):
         with pytest.raises(SystemExit) as e:
             main(["--data", str(root)] if not args else args)
         assert e.value.code == 2, args
@@ -197,8 +200,9 @@ def test_module_runs_as_a_program(root, tmp_path):
 
 
 def test_show_refuses_a_sheet_too_large_to_draw(root, tmp_path, capsys):
-    """``--size 100000`` paged for minutes before running out of memory."""
-    for args in (["--size", "100000"], ["--n", "5000", "--size", "160"]):
+    """``--size 100000`` paged for minutes before running out of memory (a side above 1024
+    is now refused as a flag; many samples can still make too large a sheet)."""
+    for args in (["--n", "200", "--size", "1024"], ["--n", "5000", "--size", "160"]):
         code, out, err = _run(["show", "--data", str(root), *args, "--out",
                                str(tmp_path / "x.png")], capsys)
         assert code != 0 and "megapixels; at most 100" in err, err

@@ -43,6 +43,14 @@ def test_command_compares_both_dense_blocks(capsys):
     assert capsys.readouterr().err == "tinyseg.memory: error: --size must be at least 1, got 0\n"
     assert run_main(main, "tinyseg.memory", ["--model", "tiramisu_tiny", "--seed", "-1"]) == 1
     assert "--seed must be >= 0" in capsys.readouterr().err
+    # a side over 1024, and an input too small for batch statistics (it was a traceback)
+    assert run_main(main, "tinyseg.memory", ["--size", "5000"]) == 1
+    assert capsys.readouterr().err == "tinyseg.memory: error: --size must be at most 1024, got 5000\n"
+    assert run_main(main, "tinyseg.memory", ["--model", "tiramisu_tiny", "--size", "7",
+                                             "--batch", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyseg.memory: error: Tiramisu: an input of shape (1, 3, 7, 7)")
+    assert len(err.splitlines()) == 1
 
 
 def test_peak_is_counted_from_what_was_traced_before_the_call():

@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     import argparse
 
     from .cli import UserError
+    from .data.images import MAX_SIZE
     from .tiramisu import PRESETS
 
     p = argparse.ArgumentParser(
@@ -145,12 +146,19 @@ def main(argv=None) -> int:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.size > MAX_SIZE:
+        raise UserError(f"--size must be at most {MAX_SIZE}, got {args.size}")
     rng = np.random.default_rng(args.seed)
     model = PRESETS[args.model](num_classes=args.classes, rng=rng)
     x = rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32)
     print(model.summary(args.size, args.size, args.batch))
     print()
-    peaks = compare_dense_blocks(model, x)
+    print("measuring one training step with each kind of dense block (numba compiles the "
+          "kernels on a first run) ...", flush=True)
+    try:
+        peaks = compare_dense_blocks(model, x)
+    except ValueError as e:       # e.g. too small an input for batch statistics
+        raise UserError(str(e)) from None
     for name, peak in peaks.items():
         print(f"peak of one training step, {name + ' dense blocks:':<28}{format_bytes(peak):>10}"
               f"  ({peak:,} bytes)")

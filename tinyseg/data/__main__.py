@@ -31,7 +31,7 @@ from .coco import (ENV_DATA, FILTER_PRESETS, SPLITS, FilterConfig, filter_images
 from .download import (ANNOTATIONS_URL, DEFAULT_SETS, ENV_ANNOTATIONS_URL, ENV_IMAGES_URL,
                        download)
 from .errors import DataError
-from .images import BadImage
+from .images import MAX_SIZE, BadImage
 
 PROG = "tinyseg.data"
 _UNSET = object()  # --max-persons not given (None means "no limit")
@@ -86,6 +86,24 @@ def _positive(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (numpy's generators take no negative "
+                                         f"seed), got {v}")
+    return v
+
+
+def _side(text: str) -> int:
+    v = _positive(text)
+    if v > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIZE}, got {v}")
+    return v
+
+
 def _filter_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filters (a preset, then any single setting overridden)")
     g.add_argument("--filter", "--preset", dest="preset", choices=sorted(FILTER_PRESETS),
@@ -125,7 +143,7 @@ def _data_flags(p: argparse.ArgumentParser, size_default: Optional[int] = 224) -
     g.add_argument("--images", default=None, metavar="DIR",
                    help="image folder (default: searched next to each annotation file: "
                         "DIR/<set>, DIR/images/<set>, DIR/images, DIR)")
-    g.add_argument("--size", type=_positive, default=size_default, metavar="S",
+    g.add_argument("--size", type=_side, default=size_default, metavar="S",
                    help="training size: images letterboxed to S x S (default: %(default)s)"
                    if size_default is not None else
                    "report the cache at this training size only (default: every size "
@@ -159,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "%(default)s)")
     p.add_argument("--cols", type=_positive, default=4, help="grid columns (default: "
                                                              "%(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling and augmentation seed "
+    p.add_argument("--seed", type=_seed, default=0, help="sampling and augmentation seed "
                                                        "(default: %(default)s)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--rejected", action="store_true",
@@ -203,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches to time (default: %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="time without augmentation (default: with)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed (default: %(default)s)")
     return parser
 
 

@@ -45,6 +45,12 @@ def test_normalize_rejects_bad_statistics():
         normalize(x, [0.5, 0.5], [0.2] * 3)
     with pytest.raises(ValueError, match="positive"):
         normalize(x, [0.5] * 3, [0.2, 0.0, 0.2])
+    # all NaN, all 0, and a silently wrong picture (a second fuzzing helper)
+    for mean, std in (([np.nan, 0.5, 0.5], [0.2] * 3), ([0.5] * 3, [np.inf, 0.2, 0.2])):
+        with pytest.raises(ValueError, match="mean must be finite and std finite"):
+            normalize(x, mean, std)
+    with pytest.raises(ValueError, match="on the 0-255 scale"):
+        normalize(x, [124, 116, 104], [58, 57, 57])
 
 
 def test_one_epoch_visits_every_sample_once():

@@ -137,6 +137,22 @@ def test_unletterbox_inverts_letterbox_for_masks(rng):
     np.testing.assert_array_equal(back, mask)
 
 
+def test_unletterbox_refuses_what_it_would_get_wrong():
+    """Float probabilities came back all 0 (a cast to uint8), labels 300 as 44, and a box
+    outside the square as an empty picture, all without an error (second fuzzing helper)."""
+    square = np.zeros((8, 8), np.uint8)
+    for bad, says in ((np.full((8, 8), 0.7, np.float32), "float32 \\(8, 8\\)"),
+                      (np.full((8, 8), 300, np.int32), "int32"),
+                      ([[1]], "list")):
+        with pytest.raises(ValueError, match="unletterbox: expected a uint8 .*" + says):
+            unletterbox(bad, (0, 0, 8, 8), 4, 4)
+    for box in ((0, 0, 0, 0), (-3, 0, 4, 4), (0, 4, 8, 8)):
+        with pytest.raises(ValueError, match="is not inside the 8x8 square"):
+            unletterbox(square, box, 4, 4)
+    with pytest.raises(ValueError, match="output size must be positive integers"):
+        unletterbox(square, (0, 0, 8, 8), 0, 4)
+
+
 def test_letterbox_rejects_wrong_dtype():
     with pytest.raises(ValueError, match="letterbox"):
         letterbox(np.zeros((4, 4, 3), np.float32), 8)
@@ -146,7 +162,8 @@ def test_letterbox_rejects_wrong_dtype():
     ((0, 0, 3), 8, r"H, W >= 1, got uint8 \(0, 0, 3\)"),   # was a ZeroDivisionError
     ((0, 5, 3), 8, r"\(0, 5, 3\)"),                         # was a made-up black row
     ((4, 5, 4), 8, r"\(4, 5, 4\)"),                         # was a broadcasting error
-    ((4, 5, 3), 0, "size must be a positive integer, got 0"),
+    ((4, 5, 3), 0, "size must be an integer from 1 to 1024, got 0"),
+    ((4, 5, 3), 10**6, "size must be an integer from 1 to 1024, got 1000000"),   # OOM-killed
 ])
 def test_letterbox_names_an_empty_or_odd_picture(shape, size, says):
     with pytest.raises(ValueError, match="letterbox: .*" + says):

@@ -151,6 +151,10 @@ def test_validation(pred, target, match):
 def test_cm_validation():
     with pytest.raises(ValueError, match=r"square.*\(2, 3\)"):
         iou_per_class(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN or infinite counts"):   # a RuntimeWarning
+        iou_per_class(np.array([[1.0, np.nan], [0.0, 2.0]]))
+    with pytest.raises(ValueError, match="cls must be a class number >= 0, got -1"):
+        per_image_iou(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2), int), cls=-1)  # was nan
     with pytest.raises(ValueError, match="num_classes"):
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), num_classes=0)
     with pytest.raises(ValueError, match="num_classes"):

@@ -9,7 +9,10 @@ from tinyseg.plot import COLORS, line_plot, nice_ticks
 
 
 @pytest.mark.parametrize("lo,hi", [(0.13, 0.87), (1, 12), (0, 3000), (-5, 5), (5, 5),
-                                   (0.81, 0.846), (1e-4, 3e-4), (2, 1)])
+                                   (0.81, 0.846), (1e-4, 3e-4), (2, 1),
+                                   # equal after rounding: 7 ticks of 0.5, then a
+                                   # ZeroDivisionError in line_plot; and a tiny range
+                                   (0.5, 0.5000000000000001), (0, 1e-12)])
 def test_nice_ticks_cover_the_range_with_round_steps(lo, hi):
     t = nice_ticks(lo, hi)
     assert t[0] <= min(lo, hi) and t[-1] >= max(lo, hi)
@@ -18,6 +21,11 @@ def test_nice_ticks_cover_the_range_with_round_steps(lo, hi):
     np.testing.assert_allclose(steps, steps[0], rtol=1e-9)
     mantissa = steps[0] / 10 ** math.floor(math.log10(steps[0]) + 1e-9)
     assert any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5))
+
+
+def test_line_plot_of_a_series_flat_but_for_float_noise(tmp_path):
+    path = line_plot({"a": [0.5, 0.5000000000000001]}, tmp_path / "flat.png")
+    assert Image.open(path).size == (720, 440)
 
 
 def test_nice_ticks_rejects_non_finite():

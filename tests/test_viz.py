@@ -47,6 +47,9 @@ def test_frame_and_save_png(tmp_path):
     img = np.full((8, 8, 3), 9, np.uint8)
     f = frame(img, (0, 255, 0), width=2)
     assert (f[0] == [0, 255, 0]).all() and (f[4, 4] == 9).all()
+    np.testing.assert_array_equal(frame(img, (0, 255, 0), width=0), img)  # was all green
+    with pytest.raises(ValueError, match="width must be an integer >= 0, got -1"):
+        frame(img, (0, 255, 0), width=-1)
     p = save_png(tmp_path / "sub" / "x.png", f)
     np.testing.assert_array_equal(np.asarray(Image.open(p)), f)
     assert not list((tmp_path / "sub").glob("*.tmp"))

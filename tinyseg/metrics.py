@@ -87,6 +87,10 @@ def _check_cm(fn: str, cm: np.ndarray) -> np.ndarray:
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] < 1:
         raise ValueError(f"{fn}: expected a square (K, K) confusion matrix, got shape {cm.shape}")
+    if cm.dtype.kind not in "biuf":
+        raise ValueError(f"{fn}: expected counts, got a {cm.dtype} confusion matrix")
+    if not np.all(np.isfinite(cm)):
+        raise ValueError(f"{fn}: confusion matrix holds NaN or infinite counts")
     if np.any(cm < 0):
         raise ValueError(f"{fn}: confusion matrix has negative counts")
     return cm.astype(np.float64)
@@ -132,6 +136,8 @@ def per_image_iou(pred: np.ndarray, target: np.ndarray, cls: int = PERSON) -> np
     non-negative integer values; only ``== cls`` matters.
     """
     fn = "per_image_iou"
+    if isinstance(cls, bool) or int(cls) != cls or cls < 0:
+        raise ValueError(f"{fn}: cls must be a class number >= 0, got {cls!r}")
     biggest = [int(a.max(initial=0)) if isinstance(a, np.ndarray) and a.dtype.kind in "biu"
                else 0 for a in (pred, target)]
     _check_labels(fn, pred, target, num_classes=max(*biggest, cls) + 1)

@@ -41,7 +41,7 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> list:
         raise ValueError(f"nice_ticks: limits must be finite, got ({lo}, {hi})")
     if hi < lo:
         lo, hi = hi, lo
-    if hi == lo:
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):   # equal once the ticks are rounded
         pad = abs(lo) * 0.5 if lo != 0 else 1.0
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / max(target - 1, 1)
@@ -55,7 +55,8 @@ def nice_ticks(lo: float, hi: float, target: int = 6) -> list:
         if best is None or abs(n - target) < abs(best[0] - target):
             best = (n, first, step)
     n, first, step = best
-    return [round(first + i * step, 12) for i in range(n)]
+    digits = max(12, 3 - math.floor(math.log10(step)))   # float noise off, ticks distinct
+    return [round(first + i * step, digits) for i in range(n)]
 
 
 def _fmt(v: float, step: float) -> str:

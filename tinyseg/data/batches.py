@@ -31,8 +31,12 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
     if mean.shape != (3,) or std.shape != (3,):
         raise ValueError(f"normalize: mean and std must have 3 values, got {mean.shape} and "
                          f"{std.shape}")
-    if not np.all(std > 0):
-        raise ValueError(f"normalize: std must be positive, got {std}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError(f"normalize: mean must be finite and std finite and positive, got "
+                         f"mean {mean}, std {std}")
+    if np.any(np.abs(mean) > 1) or np.any(std > 1):   # pixel values here are v / 255
+        raise ValueError(f"normalize: mean and std are on the 0-1 scale of v / 255, got "
+                         f"mean {mean}, std {std} (on the 0-255 scale?)")
     v = np.arange(256, dtype=np.float64) / 255.0
     tables = ((v[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
     n, h, w, _ = images.shape

@@ -144,8 +144,9 @@ def letterbox(array: np.ndarray, size: int, *, nearest: bool = False,
             or (array.ndim == 3 and array.shape[2] != 3)):
         raise ValueError(f"letterbox: expected uint8 (H, W) or (H, W, 3) with H, W >= 1, got "
                          f"{array.dtype} {array.shape}")
-    if int(size) != size or size < 1:
-        raise ValueError(f"letterbox: size must be a positive integer, got {size!r}")
+    if int(size) != size or not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"letterbox: size must be an integer from 1 to {MAX_SIZE}, got "
+                         f"{size!r}")
     if fill is None:
         fill = PAD_RGB if array.ndim == 3 else 0
     top, left, h, w = box = letterbox_box(array.shape[0], array.shape[1], size)
@@ -161,9 +162,22 @@ def unletterbox(array: np.ndarray, box: Box, height: int, width: int, *,
                 nearest: bool = True) -> np.ndarray:
     """Undo ``letterbox``: crop ``box`` out of a square and resize it to ``height x width``.
 
-    For label maps (``nearest=True``, any integer dtype up to 8 bits) and uint8 images.
+    For uint8 label maps (``nearest=True``) and images; probabilities are resized with
+    ``tinyseg.infer.resize_bilinear`` (a cast to uint8 here would make them 0).
     """
-    top, left, h, w = box
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"unletterbox: expected a uint8 (S, S) label map or (S, S, 3) image, "
+                         f"got {getattr(array, 'dtype', type(array).__name__)} "
+                         f"{getattr(array, 'shape', '')} (float probabilities: "
+                         f"tinyseg.infer.resize_bilinear)")
+    top, left, h, w = (int(v) for v in box)
+    if not (top >= 0 and left >= 0 and h >= 1 and w >= 1 and top + h <= array.shape[0]
+            and left + w <= array.shape[1]):
+        raise ValueError(f"unletterbox: box {tuple(box)} (top, left, height, width) is not "
+                         f"inside the {array.shape[0]}x{array.shape[1]} square")
+    if int(height) != height or int(width) != width or height < 1 or width < 1:
+        raise ValueError(f"unletterbox: output size must be positive integers, got "
+                         f"{height}x{width}")
     crop = np.ascontiguousarray(array[top:top + h, left:left + w])
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((width, height), resample))
+    return np.asarray(Image.fromarray(crop).resize((int(width), int(height)), resample))

@@ -226,6 +226,15 @@ def test_atomic_writes_leave_a_read_only_file_alone(tmp_path):
         path.unlink()
 
 
+def test_atomic_writes_name_a_file_in_the_way_of_their_folder(tmp_path):
+    """mkdir said only 'File exists' (data show --out, tinyseg.ensemble)."""
+    from tinyseg.io import atomic_write_bytes
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError) as e:
+        atomic_write_bytes(tmp_path / "afile" / "sub" / "out.png", b"png")
+    assert e.value.filename == str(tmp_path / "afile") and "is a file, not a folder" in str(e.value)
+
+
 def test_atomic_writes_make_missing_folders(tmp_path):
     from tinyseg.io import atomic_save_npz, atomic_write_bytes, read_npz
     path = atomic_save_npz(tmp_path / "a" / "b" / "x.npz", {"a": np.arange(3)})

@@ -36,6 +36,9 @@ def _writable(path: PathLike) -> Path:
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
     if path.is_file() and not path.stat().st_mode & 0o222:
         raise PermissionError(errno.EACCES, "read-only; not replaced", str(path))
+    blocked = next((q for q in path.parents if q.exists() and not q.is_dir()), None)
+    if blocked is not None:        # mkdir would say only "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocked))
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

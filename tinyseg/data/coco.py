@@ -312,6 +312,10 @@ def check_coco(data, path: PathLike, category: Optional[str] = None) -> None:
             raise _fail(path, f"images[{i}] (id {im['id']}) has size "
                               f"{im['width']}x{im['height']} (each side must be 1 to "
                               f"{MAX_SIDE}: pycocotools' masks go wrong above that)")
+        name = Path(im["file_name"])
+        if name.is_absolute() or ".." in name.parts or not name.parts:
+            raise _fail(path, f"images[{i}] has file_name {im['file_name']!r}: a name inside "
+                              f"the image folder is expected (no absolute path, no '..')")
         if not 0 <= im["id"] < 2**63:
             raise _fail(path, f"images[{i}] has id {im['id']}, which does not fit in 64 bits")
         if im["id"] in image_ids:
@@ -365,7 +369,9 @@ def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> None:
             runs = rle_counts(seg["counts"])
         except (ValueError, TypeError, UnicodeEncodeError) as e:
             raise _fail(path, f"{where}: malformed RLE ({e})") from None
-        if any(r < 0 for r in runs) or sum(runs) != size[0] * size[1]:
+        if any(r < 0 for r in runs):
+            raise _fail(path, f"{where}: RLE has a negative run ({min(runs)})")
+        if sum(runs) != size[0] * size[1]:
             raise _fail(path, f"{where}: RLE runs add up to {sum(runs)} pixels, expected "
                               f"{size[0]} x {size[1]} = {size[0] * size[1]}")
         return

@@ -363,8 +363,9 @@ def cmd_show(args, filters: FilterConfig) -> int:
 
 def cmd_download(args, filters: FilterConfig) -> int:
     report = download(args.root, filters, sets=list(dict.fromkeys(args.sets)),  # once each
-                      annotations_url=args.annotations_url, images_url=args.images_url, workers=args.workers, retries=args.retries,
-                      timeout=args.timeout, progress=True,
+                      annotations_url=args.annotations_url, images_url=args.images_url,
+                      workers=args.workers, retries=args.retries, timeout=args.timeout,
+                      progress=True,
                       log=lambda s: print(s, file=sys.stderr, flush=True))
     width = max(len(n) for n, _ in report.steps)
     for name, n in report.steps:

@@ -76,25 +76,22 @@ def _url(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> int:
+def _integer(text: str, low: int, why: str = "") -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}{why}, got {v}")
     return v
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1)
 
 
 def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (numpy's generators take no negative "
-                                         f"seed), got {v}")
-    return v
+    return _integer(text, 0, " (numpy's generators take no negative seed)")
 
 
 def _side(text: str) -> int:

@@ -276,6 +276,17 @@ def test_filter_leaving_nothing_is_a_data_error_with_counts(root, tmp_path):
                    cache_dir=tmp_path / "c", progress=False)
 
 
+def test_an_annotation_file_listing_no_image_says_so(tmp_path):
+    """It said 'image folder not found ... (e.g. ?)' (second fuzzing helper)."""
+    import json
+    root = tmp_path / "empty"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_x.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}))
+    with pytest.raises(DataError, match=r"leave no image: 0 images in the annotation files"):
+        load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=False)
+
+
 def test_unwritable_cache_dir_is_a_data_error(root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")

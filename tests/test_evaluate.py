@@ -232,6 +232,9 @@ def test_command_errors(setup, tmp_path, capsys, monkeypatch):
                               ("--checkpoint", "", "--checkpoint is empty")):
         assert run_main(main, "tinyseg.evaluate", [flag, value]) == 1
         assert says in capsys.readouterr().err
+    # a side below the network's 2^pools scored a picture of padding (all 0, exit 0)
+    assert run_main(main, "tinyseg.evaluate", ["--checkpoint", str(ckpt), "--size", "2"]) == 1
+    assert "--size 2 is smaller than 2^pools = 8" in capsys.readouterr().err
 
 
 def test_a_model_whose_output_overflows_is_an_error_naming_it(setup, tmp_path, capsys,

@@ -544,7 +544,7 @@ def load_coco(root: PathLike, category: str = "person",
             if not folder.is_dir():
                 raise DataError(f"{folder}: image folder not found (expected the images "
                                 f"listed in {f})")
-        elif require_images:
+        elif require_images and data["images"]:    # a file listing no image needs no folder
             with_cat = coco.getImgIds(catIds=cat_ids) if data["annotations"] else []
             first = [coco.imgs[i]["file_name"] for i in sorted(set(with_cat))] \
                 or [im["file_name"] for im in data["images"]]

@@ -380,6 +380,28 @@ def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, 
         assert np.all(np.isfinite(v)), k
 
 
+def test_an_output_that_overflows_with_finite_weights_is_a_divergence(data, tmp_path):
+    """Weights finite but so large that the output overflows: the epoch's picture raised
+    NonFiniteOutput ('weights are damaged') as a traceback, and the validation IoU of a NaN
+    output was logged as if it were a result (a review of the change that added the check).
+    The epoch now ends in a Divergence that names it, and nothing is saved from it."""
+    cfg = tiny(data, epochs=3)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    real = tr.validate
+
+    def blown():
+        w = next(p for n, p, _ in tr.model.named_parameters() if p.ndim == 4)
+        w *= np.float32(1e38)          # still finite
+        assert np.all(np.isfinite(w))
+        return real()
+
+    tr.validate = blown
+    with pytest.raises(Divergence, match=r"output on the validation split is NaN or infinite "
+                                         r"after epoch 1 .*no checkpoint had been written"):
+        tr.run()
+    assert not (tmp_path / "run" / "best.npz").exists()
+
+
 def test_time_budget_stops_resumably(data, tmp_path):
     cfg = tiny(data)
     tr = new_trainer(cfg, data, tmp_path / "run", max_seconds=0.0)

@@ -72,7 +72,7 @@ from .data.coco import FILTER_PRESETS, FilterConfig, resolve_data_root
 from .data.errors import DataError
 from .data.images import MAX_SIZE
 from .evaluate import evaluate_dataset
-from .infer import predict_labels
+from .infer import NonFiniteOutput, predict_labels
 from .io import atomic_write_bytes
 from .layers.batchnorm import recompute_running_stats
 from .losses import lovasz_softmax, softmax_cross_entropy
@@ -602,16 +602,20 @@ class Trainer:
         return result
 
     def _finish_epoch(self, epoch_start: float) -> dict:
-        val = self.validate()
+        with np.errstate(over="ignore", invalid="ignore"):    # checked: val.finite
+            val = self.validate()
         lr_used = self.optimizer.lr
         self.scheduler.step()
+        kept = (f"{self.last_path} still holds the last good state" if self.last_path.is_file()
+                else "no checkpoint had been written yet")
         for name, p, _ in self.model.named_parameters():
             if not np.all(np.isfinite(p)):
                 raise Divergence(f"training diverged: parameter '{name}' is not finite after "
-                                 f"epoch {self.epoch + 1} (learning rate {lr_used:g}); "
-                                 + (f"{self.last_path} still holds the last good state"
-                                    if self.last_path.is_file() else
-                                    "no checkpoint had been written yet"))
+                                 f"epoch {self.epoch + 1} (learning rate {lr_used:g}); {kept}")
+        if not val.finite:      # finite weights so large that the output overflows
+            raise Divergence(f"training diverged: the network's output on the validation "
+                             f"split is NaN or infinite after epoch {self.epoch + 1} (learning "
+                             f"rate {lr_used:g}); {kept}")
         s = self.sums
         train_iou = float(iou_per_class(np.asarray(s.cm))[1])
         self.epoch += 1
@@ -912,7 +916,11 @@ def test_report(checkpoint: Path, cfg: TrainConfig, cache_dir=None,
                         progress=False)
         if len(ds) == 0:
             continue
-        ev = evaluate_dataset(model, ds.images, ds.masks, ds.boxes, info["mean"], info["std"])
+        with np.errstate(over="ignore", invalid="ignore"):
+            ev = evaluate_dataset(model, ds.images, ds.masks, ds.boxes, info["mean"],
+                                  info["std"])
+        if not ev.finite:
+            raise CheckpointError(f"{checkpoint}: {NonFiniteOutput()}")
         out[name] = {"images": len(ds), **ev.summary()}
     return out
 
@@ -1254,6 +1262,8 @@ def _test_report(trainer, cache) -> int:
     and ``--resume`` writes them later."""
     try:
         write_test_report(trainer.run_dir, trainer.best_path, trainer.cfg, cache)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
     except KeyboardInterrupt:
         print(f"\nstopped (Ctrl-C) during the test-split evaluation; the run itself is done. "
               f"Get the test figures with: python -m tinyseg.train --resume "

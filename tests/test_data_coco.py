@@ -429,10 +429,6 @@ def test_absurd_sizes_ids_and_repeated_annotations_are_named(tmp_path):
     def crowd(d):
         d["annotations"][0]["iscrowd"] = "0"
     refused(crowd, r"'iscrowd' must be 0 or 1, got '0'")
-    for name in ("../../etc/hostname", "/etc/hostname"):    # read outside the image folder
-        def outside(d, name=name):
-            d["images"][0]["file_name"] = name
-        refused(outside, "a name inside the image folder is expected")
 
     def negative_run(d):      # said "runs add up to 76800 pixels, expected ... = 76800"
         h, w = d["images"][0]["height"], d["images"][0]["width"]

@@ -141,11 +141,16 @@ def test_unletterbox_refuses_what_it_would_get_wrong():
     """Float probabilities came back all 0 (a cast to uint8), labels 300 as 44, and a box
     outside the square as an empty picture, all without an error (second fuzzing helper)."""
     square = np.zeros((8, 8), np.uint8)
-    for bad, says in ((np.full((8, 8), 0.7, np.float32), "float32 \\(8, 8\\)"),
-                      (np.full((8, 8), 300, np.int32), "int32"),
-                      ([[1]], "list")):
-        with pytest.raises(ValueError, match="unletterbox: expected a uint8 .*" + says):
+    for bad, says in ((np.full((8, 8), 0.7, np.float32), "expected an integer .*float32"),
+                      (np.full((8, 8), 300, np.int32), "labels must be 0-255 .* 300..300"),
+                      ([[1]], "expected an integer .*list")):
+        with pytest.raises(ValueError, match="unletterbox: " + says):
             unletterbox(bad, (0, 0, 8, 8), 4, 4)
+    # what predict_labels gives (int64) and boolean masks are label maps too
+    for labels in (np.eye(8, dtype=np.int64), np.eye(8, dtype=bool)):
+        back = unletterbox(labels, (0, 0, 8, 8), 8, 8)
+        assert back.dtype == np.uint8
+        np.testing.assert_array_equal(back, np.eye(8))
     for box in ((0, 0, 0, 0), (-3, 0, 4, 4), (0, 4, 8, 8)):
         with pytest.raises(ValueError, match="is not inside the 8x8 square"):
             unletterbox(square, box, 4, 4)

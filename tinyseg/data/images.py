@@ -162,14 +162,21 @@ def unletterbox(array: np.ndarray, box: Box, height: int, width: int, *,
                 nearest: bool = True) -> np.ndarray:
     """Undo ``letterbox``: crop ``box`` out of a square and resize it to ``height x width``.
 
-    For uint8 label maps (``nearest=True``) and images; probabilities are resized with
-    ``tinyseg.infer.resize_bilinear`` (a cast to uint8 here would make them 0).
+    For label maps (``nearest=True``; bool or integer, values 0-255, returned as uint8) and
+    uint8 images; probabilities are resized with ``tinyseg.infer.resize_bilinear`` (a cast
+    to uint8 here would make them 0).
     """
-    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise ValueError(f"unletterbox: expected a uint8 (S, S) label map or (S, S, 3) image, "
-                         f"got {getattr(array, 'dtype', type(array).__name__)} "
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biu" \
+            or array.ndim not in (2, 3):
+        raise ValueError(f"unletterbox: expected an integer (S, S) label map or a uint8 "
+                         f"(S, S, 3) image, got {getattr(array, 'dtype', type(array).__name__)} "
                          f"{getattr(array, 'shape', '')} (float probabilities: "
                          f"tinyseg.infer.resize_bilinear)")
+    if array.dtype != np.uint8:
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(f"unletterbox: labels must be 0-255 to fit in 8 bits, got "
+                             f"{array.min()}..{array.max()}")
+        array = array.astype(np.uint8)
     top, left, h, w = (int(v) for v in box)
     if not (top >= 0 and left >= 0 and h >= 1 and w >= 1 and top + h <= array.shape[0]
             and left + w <= array.shape[1]):

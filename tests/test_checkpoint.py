@@ -79,6 +79,9 @@ def test_plain_weight_file_needs_mean_std_size(tmp_path):
     ({"size": 10**9, "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata (size 1000000000"),
     ({"size": "abc", "mean": [0.5] * 3, "std": [0.2] * 3}, "damaged metadata"),
     ({"size": 32, "mean": [0.5] * 3, "std": [0, 0, 0]}, "damaged metadata (std"),
+    # statistics of 0-255 pixels: normalize refused them inside prediction, a traceback
+    ({"size": 32, "mean": [124, 116, 104], "std": [58, 57, 57]}, "damaged metadata (mean and "
+                                                                 "std are on the 0-1 scale"),
     ([1, 2], "damaged metadata (not a JSON object)"),
     ({"size": 32, "std": [0.2] * 3}, "no mean stored; use a checkpoint"),
 ])

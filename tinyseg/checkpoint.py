@@ -36,6 +36,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from .data.batches import checked_statistics
 from .data.images import MAX_SIZE
 from .io import atomic_save_npz
 from .tiramisu import Tiramisu
@@ -202,6 +203,7 @@ def checked_normalisation(path, info: dict):
             raise ValueError(f"mean {info['mean']!r}")
         if std.shape != (3,) or not np.all(np.isfinite(std)) or np.any(std <= 0):
             raise ValueError(f"std {info['std']!r}")
+        checked_statistics(mean, std)      # the 0-1 scale that normalize expects
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: damaged metadata ({e}: the training size must be an "
                               f"integer from 1 to {MAX_SIZE}, mean and std three numbers, "

@@ -19,6 +19,22 @@ import numpy as np
 from .augment import AugmentConfig, augment as augment_pair
 
 
+def checked_statistics(mean, std) -> Tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` as float64 (3,) arrays, or ``ValueError`` saying what is wrong: three
+    finite values each, std > 0, both on the 0-1 scale of ``v / 255``."""
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise ValueError(f"mean and std must have 3 values, got {mean.shape} and {std.shape}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError(f"mean must be finite and std finite and positive, got mean {mean}, "
+                         f"std {std}")
+    if np.any(np.abs(mean) > 1) or np.any(std > 1):   # pixel values here are v / 255
+        raise ValueError(f"mean and std are on the 0-1 scale of v / 255, got mean {mean}, "
+                         f"std {std} (on the 0-255 scale?)")
+    return mean, std
+
+
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), ``(v / 255 - mean_c) / std_c``."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
@@ -26,17 +42,10 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
         shape = getattr(images, "shape", None)
         dtype = getattr(images, "dtype", type(images).__name__)
         raise ValueError(f"normalize: expected uint8 images (N, H, W, 3), got {dtype} {shape}")
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-    std = np.asarray(std, dtype=np.float64).reshape(-1)
-    if mean.shape != (3,) or std.shape != (3,):
-        raise ValueError(f"normalize: mean and std must have 3 values, got {mean.shape} and "
-                         f"{std.shape}")
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
-        raise ValueError(f"normalize: mean must be finite and std finite and positive, got "
-                         f"mean {mean}, std {std}")
-    if np.any(np.abs(mean) > 1) or np.any(std > 1):   # pixel values here are v / 255
-        raise ValueError(f"normalize: mean and std are on the 0-1 scale of v / 255, got "
-                         f"mean {mean}, std {std} (on the 0-255 scale?)")
+    try:
+        mean, std = checked_statistics(mean, std)
+    except ValueError as e:
+        raise ValueError(f"normalize: {e}") from None
     v = np.arange(256, dtype=np.float64) / 255.0
     tables = ((v[None, :] - mean[:, None]) / std[:, None]).astype(np.float32)  # (3, 256)
     n, h, w, _ = images.shape

@@ -165,6 +165,17 @@ def test_an_index_naming_images_not_in_the_annotations_is_redone(root, tmp_path)
     again = load_split(root, "val", 24, cache_dir=cache, progress=False)
     np.testing.assert_array_equal(again.images, first.images)
     assert again.cache_key == first.cache_key
+    # a validation image moved into the training ids: it trained on validation images
+    train = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    for f in (cache / "data").glob("*.npz"):
+        f.unlink()
+    saved = json.loads(index.read_text())
+    moved = saved["ids"]["val"].pop(0)
+    saved["ids"]["train"].append(moved)
+    index.write_text(json.dumps(saved))
+    leaked = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    assert moved not in set(leaked.ids.tolist())
+    np.testing.assert_array_equal(leaked.ids, train.ids)
 
 
 def test_changes_of_size_filters_or_annotations_rebuild(root, tmp_path):

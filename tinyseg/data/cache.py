@@ -28,8 +28,10 @@ annotation files and filters, so that loading a built cache does not re-read a 4
 annotation file.
 
 A cache file is checked before use (``well_formed``: names, dtypes, shapes, labels 0/1,
-boxes inside the square, finite statistics) and an index against the annotations whenever
-those are read; either one damaged or edited is rebuilt, never handed to training.
+boxes inside the square, finite statistics) and rebuilt when it fails.  An index is checked
+against the annotations' own filter outcome whenever a cache is built from it (an edited
+index changes the key, which holds the ids, so a cache is built), and redone when they
+differ.
 
 Unreadable images (corrupt, truncated, missing, size differing from the annotation) are
 skipped when the cache is built, counted, stored in the cache's metadata and reported with a
@@ -190,8 +192,8 @@ class Selection:
 
 
 class StaleIndex(Exception):
-    """The index names image ids that the annotations do not hold (it was edited or damaged):
-    ``load_split`` filters the annotations again."""
+    """The index disagrees with the annotations' own filter outcome (it was edited or
+    damaged): ``load_split`` filters the annotations again."""
 
 
 def select(root: Optional[PathLike], filters: FilterConfig = FilterConfig(),
@@ -270,9 +272,11 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
     if data is None:
         data = load_coco(sel.root, sel.filters.category,
                          [f[0] for f in sel.sources["files"]], sel.sources["images_dir"])
-        if any(i not in data.records for i in sel.all_ids):
+        result = filter_images(data, sel.filters)   # cheap next to decoding the images
+        if result.split_ids() != sel.ids or [list(s) for s in result.steps] != \
+                [list(s) for s in sel.steps]:
             raise StaleIndex()
-        sel.data = data
+        sel.data, sel.result = data, result
     key = key or cache_key(sel, size)
     paths: Dict[str, Path] = {}
     mean = std = None

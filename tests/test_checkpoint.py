@@ -227,6 +227,15 @@ def test_atomic_writes_leave_a_read_only_file_alone(tmp_path):
         assert sorted(q.name for q in tmp_path.iterdir()) == ["kept.bin"]   # no temp file
         os.chmod(path, 0o644)
         path.unlink()
+    # under a umask that leaves no write bit, tinyseg's own files are rewritten (last.npz)
+    old = os.umask(0o277)
+    try:
+        atomic_write_bytes(tmp_path / "own.bin", b"1")
+        assert stat.S_IMODE(os.stat(tmp_path / "own.bin").st_mode) == 0o400
+        atomic_write_bytes(tmp_path / "own.bin", b"2")
+        assert (tmp_path / "own.bin").read_bytes() == b"2"
+    finally:
+        os.umask(old)
 
 
 def test_atomic_writes_name_a_file_in_the_way_of_their_folder(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Dict, Union
@@ -30,12 +31,16 @@ def _writable(path: PathLike) -> Path:
     """``path`` as a Path, its folder made; an existing folder of that name is refused here,
     by name (else the rename at the end fails naming the temporary file), and so is an
     existing file with no write permission for anyone: the rename would replace it although
-    its owner protected it (``chmod a-w``), for any user who may write to the folder."""
+    its owner protected it (``chmod a-w``), for any user who may write to the folder.  A file
+    whose mode is the one tinyseg itself gives new files (a umask such as 0277 leaves no
+    write bit) is not taken for a protected one."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
-    if path.is_file() and not path.stat().st_mode & 0o222:
-        raise PermissionError(errno.EACCES, "read-only; not replaced", str(path))
+    if path.is_file():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & 0o222 and mode != _umask_mode():   # not just what a strict umask gives
+            raise PermissionError(errno.EACCES, "read-only; not replaced", str(path))
     blocked = next((q for q in path.parents if q.exists() and not q.is_dir()), None)
     if blocked is not None:        # mkdir would say only "File exists"
         raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocked))

@@ -980,7 +980,8 @@ def build_parser() -> argparse.ArgumentParser:
            f"wide = 1-2 persons covering 5-90 %%, all (default: the preset's: "
            f"{_preset_values('filter')})")
     a("--out", metavar="DIR", default=None,
-      help="run directory, new or empty (default: runs/<preset>-<date>-<time>)")
+      help="run directory, holding none of a run's files (default: "
+           "runs/<preset>-<date>-<time>)")
     a("--resume", metavar="RUN_DIR", default=None,
       help="continue the run in RUN_DIR from its last.npz (its config is used; only --epochs, "
            "--data, --threads, --max-minutes, --cache, --no-test and --quiet may be given "

@@ -1544,6 +1544,7 @@ def _write(results: dict, out_dir: Path, name: str) -> Tuple[Path, Path]:
     README), each written to a temporary file and renamed.  The results are *provisional*
     when other processes kept more than ``BUSY_CORES`` busy during any row (or when no row
     could tell)."""
+    from tinyseg.io import atomic_write_bytes
     busiest = busiest_row(results)
     results["provisional"] = busiest is None or busiest > BUSY_CORES
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
@@ -1552,9 +1553,7 @@ def _write(results: dict, out_dir: Path, name: str) -> Tuple[Path, Path]:
                                        default=_json_default)),
                        (md, to_markdown(results) + "\n"),
                        (summary, summary_markdown(results, md.name) + "\n")):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, text.encode("utf-8"))
     return js, md
 
 

@@ -158,6 +158,8 @@ def test_members_predicting_other_classes_or_from_other_pictures_are_refused(tmp
                       make_meta(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)))
     with pytest.raises(CheckpointError, match="four.npz: the network takes 4 input channels"):
         load_model(four)
+    with pytest.raises(CheckpointError, match="four.npz: the network takes 4 input channels"):
+        save_ensemble(tmp_path / "e4.npz", [four, four])    # joined, then refused on load
 
 
 def test_join_command_writes_the_same_file_and_refuses_by_name(tmp_path, capsys):

@@ -169,6 +169,10 @@ def test_scripts_name_what_they_cannot_use(setup, tmp_path, capsys, monkeypatch)
             sizes.main(["--checkpoint", str(ckpt), "--sizes", *bad])
         assert e.value.code == 2
         assert "--sizes must be different sizes from 1 to 1024" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:              # as evaluate refuses it
+        sizes.main(["--checkpoint", str(ckpt), "--sizes", "4", "32"])
+    assert e.value.code == 2
+    assert "4 is smaller than 2^pools = 8" in capsys.readouterr().err
 
 
 def test_full_resolution_skips_an_unreadable_photo_by_name(setup, tmp_path, capsys):

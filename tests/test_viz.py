@@ -48,8 +48,9 @@ def test_frame_and_save_png(tmp_path):
     f = frame(img, (0, 255, 0), width=2)
     assert (f[0] == [0, 255, 0]).all() and (f[4, 4] == 9).all()
     np.testing.assert_array_equal(frame(img, (0, 255, 0), width=0), img)  # was all green
-    with pytest.raises(ValueError, match="width must be an integer >= 0, got -1"):
-        frame(img, (0, 255, 0), width=-1)
+    for bad in (-1, 2.0):              # 2.0 passed the check, then failed slicing
+        with pytest.raises(ValueError, match=f"width must be an integer >= 0, got {bad}"):
+            frame(img, (0, 255, 0), width=bad)
     p = save_png(tmp_path / "sub" / "x.png", f)
     np.testing.assert_array_equal(np.asarray(Image.open(p)), f)
     assert not list((tmp_path / "sub").glob("*.tmp"))

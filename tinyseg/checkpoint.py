@@ -190,6 +190,14 @@ def build_model(config: dict, state: Dict[str, np.ndarray], path: PathLike = "",
     return model
 
 
+def check_rgb(model, path) -> None:
+    """``CheckpointError`` unless the network (an Ensemble: its members) takes 3 channels."""
+    channels = model.config["in_channels"]
+    if channels != 3:
+        raise CheckpointError(f"{path}: the network takes {channels} input channels; photos "
+                              f"and the data sets here have 3 (RGB)")
+
+
 def checked_normalisation(path, info: dict):
     """``(size, mean, std)`` of a checkpoint's metadata, checked: a positive integer size,
     three finite means, three positive finite stds (``CheckpointError`` otherwise)."""
@@ -242,9 +250,6 @@ def load_model(path: PathLike, mean=None, std=None, size: Optional[int] = None
     info["size"], info["mean"], info["std"] = checked_normalisation(path, info)
     if model is None:
         model = build_model(config, weights, path)
-    channels = (model.members[0] if hasattr(model, "members") else model).config["in_channels"]
-    if channels != 3:
-        raise CheckpointError(f"{path}: the network takes {channels} input channels; photos "
-                              f"and the data sets here have 3 (RGB)")
+    check_rgb(model, path)
     model.eval()
     return model, info

@@ -87,8 +87,8 @@ def run_main(main: Callable[[Optional[Sequence[str]]], int], prog: str,
 
     So do the errors that come from the user's machine rather than from tinyseg: a file
     system that refuses a path (``OSError``: a file where a folder should be, no permission,
-    a full disk), named with the path, and running out of memory (``MemoryError``, e.g.
-    ``--size 100000``).  ``TINYSEG_TRACEBACK=1`` shows the traceback of those two instead.
+    a full disk, a read-only file that would be replaced), named with the path, and running
+    out of memory (``MemoryError``, e.g. ``--batch-size 100000``).  ``TINYSEG_TRACEBACK=1`` shows the traceback of those two instead.
     """
     try:
         with plain_warnings(prog):

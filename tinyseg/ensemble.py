@@ -35,8 +35,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .checkpoint import (META as _META, CheckpointError, build_model, checked_normalisation,
-                         read)
+from .checkpoint import (META as _META, CheckpointError, build_model, check_rgb,
+                         checked_normalisation, read)
 from .cli import HelpFormatter, UserError, run_main
 from .io import atomic_save_npz, read_npz
 from .tiramisu import FORMAT_VERSION
@@ -79,6 +79,12 @@ class Ensemble:
         return np.log(np.maximum(p, np.finfo(np.float32).tiny)).astype(np.float32)
 
     __call__ = forward
+
+    @property
+    def config(self) -> dict:
+        """The first member's Tiramisu configuration (members share input channels and
+        classes), so that code reading ``model.config`` takes an ensemble as well."""
+        return self.members[0].config
 
     def eval(self) -> "Ensemble":
         return self.train(False)
@@ -136,6 +142,7 @@ def save_ensemble(path: PathLike, member_paths: Sequence[PathLike], **extra) -> 
         config, weights, m, _, _ = read(mp)   # the checks load_model makes: format version,
         net = build_model(config, weights, mp)  # metadata, weights that fit the network
         checked_normalisation(mp, m)
+        check_rgb(net, mp)
         if k and (net.config["in_channels"], net.config["num_classes"]) != shape:
             raise CheckpointError(f"{mp}: takes {net.config['in_channels']} input channels and "
                                   f"gives {net.config['num_classes']} classes, {member_paths[0]} "

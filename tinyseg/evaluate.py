@@ -303,10 +303,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CheckpointError as e:
         raise UserError(str(e)) from None
     size = args.size or info["size"]
-    net = model.members[0] if hasattr(model, "members") else model
-    if size < 2 ** net.config["pools"]:       # the picture would be mostly padding
-        raise UserError(f"--size {size} is smaller than 2^pools = {2 ** net.config['pools']} of "
-                        f"{ckpt}'s network; give --size {2 ** net.config['pools']} or more")
+    reach = 2 ** model.config["pools"]
+    if size < reach:                          # the picture would be mostly padding
+        raise UserError(f"--size {size} is smaller than 2^pools = {reach} of {ckpt}'s "
+                        f"network; give --size {reach} or more")
     if args.out:
         out = Path(args.out)
     else:

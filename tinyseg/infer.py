@@ -49,8 +49,7 @@ class NonFiniteOutput(ValueError):
 
     def __init__(self) -> None:
         super().__init__("the network's output holds NaN or infinite values: its weights are "
-                         "damaged (finite numbers so large that they overflow, or batch-norm "
-                         "variances below 0)")
+                         "damaged (finite numbers so large that they overflow)")
 
 
 def softmax_person(logits: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def _writable(path: PathLike) -> Path:
+def writable_path(path: PathLike) -> Path:
     """``path`` as a Path, its folder made; an existing folder of that name is refused here,
     by name (else the rename at the end fails naming the temporary file), and so is an
     existing file with no write permission for anyone: the rename would replace it although
@@ -50,7 +50,7 @@ def _writable(path: PathLike) -> Path:
 
 def atomic_save_npz(path: PathLike, arrays: Dict[str, np.ndarray], compressed: bool = True) -> Path:
     """Write ``arrays`` to ``path`` (an ``.npz``) via a temporary file and a rename."""
-    path = _writable(path)
+    path = writable_path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -89,7 +89,7 @@ def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
-    path = _writable(path)
+    path = writable_path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

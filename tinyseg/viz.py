@@ -103,7 +103,8 @@ def grid(images: Sequence[np.ndarray], ncols: int, labels: Optional[Sequence[str
 
 def frame(image: np.ndarray, color: Tuple[int, int, int], width: int = 3) -> np.ndarray:
     """A copy of ``image`` with a coloured border (e.g. kept in green, rejected in red)."""
-    if int(width) != width or width < 0:       # out[-0:] would be the whole picture
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 0:
+        # out[-0:] would be the whole picture
         raise ValueError(f"frame: width must be an integer >= 0, got {width!r}")
     out = _rgb(image).copy()
     if width == 0:

@@ -21,7 +21,7 @@ from tinyseg.data.coco import FILTER_PRESETS
 from tinyseg.data.errors import DataError
 from tinyseg.data.images import BadImage
 from tinyseg.evaluate import IGNORE, eval_targets
-from tinyseg.infer import Predictor
+from tinyseg.infer import NonFiniteOutput, Predictor
 from tinyseg.metrics import confusion_matrix, iou_per_class
 
 
@@ -80,7 +80,7 @@ def run(main) -> None:
     it with one line naming it (exit 1), as the tinyseg commands do, not a traceback."""
     try:
         main()
-    except (CheckpointError, DataError, BadImage) as e:
+    except (CheckpointError, DataError, BadImage, NonFiniteOutput) as e:
         sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
 
 

@@ -38,6 +38,9 @@ def main(argv=None) -> None:
         p.error(f"--sizes must be different sizes from 1 to {MAX_SIZE}, got {args.sizes}")
     predictor = open_predictor(args.checkpoint)
     sizes = args.sizes or [predictor.size - 8, predictor.size, predictor.size + 8]
+    reach = 2 ** predictor.model.config["pools"]
+    if min(sizes) < reach:          # a picture mostly of padding, as evaluate refuses
+        p.error(f"--sizes: {min(sizes)} is smaller than 2^pools = {reach} of the network")
     averaged = {}
     for split in ("val", "test"):
         base = predict_split(predictor, split, args.filter, data=args.data, cache=args.cache)

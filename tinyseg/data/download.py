@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from ..io import writable_path
 from .coco import FilterConfig, filter_images, load_coco
 from .errors import DataError, list_some
 from .progress import Progress
@@ -197,7 +198,7 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
         info = z.getinfo(member)
         if dest.is_file() and dest.stat().st_size == info.file_size:
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        writable_path(dest)       # its folder made; a read-only file there is not replaced
         fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out, z.open(info) as src:

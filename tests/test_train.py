@@ -287,6 +287,7 @@ def test_init_with_another_network_is_refused(data, tmp_path):
 class FakeEval:
     def __init__(self, iou):
         self.person_iou, self.mean_iou, self.pixel_accuracy, self.loss = iou, iou, iou, 1 - iou
+        self.finite = True          # what Evaluation says when no output was NaN or inf
 
 
 @pytest.mark.parametrize("ious,best_epoch", [([0.5, 0.3, 0.4], 1), ([0.2, 0.3, 0.25], 2),

@@ -784,3 +784,41 @@ def test_a_run_that_never_reached_a_checkpoint_says_how_to_start_again(data, tmp
     assert run_main(main, "tinyseg.train", ["--resume", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "delete the folder" in err
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(data, tmp_path, capsys):
+    """A second 'train --resume' of a member folder, while the ensemble's own process trained
+    it, ran beside it: the log interleaved epochs 28, 29, 28, 30, 29 (a fuzzing helper). The
+    folder's lock now refuses it; a lock whose process is gone is taken over; a folder made
+    for a run that failed before starting is not left behind."""
+    import subprocess
+    import sys
+    from tinyseg.io import LOCK_NAME
+    root, cache = data
+    run = tmp_path / "run"
+    args = ["--preset", "tiny", "--data", str(root), "--cache", str(cache), "--epochs", "1",
+            "--quiet", "--threads", "1", "--no-test"]
+    assert run_main(main, "tinyseg.train", args + ["--out", str(run)]) == 0
+    assert not (run / LOCK_NAME).exists()                        # released at the end
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK_NAME).write_text(f"{other.pid}\n")            # a live training elsewhere
+        assert run_main(main, "tinyseg.train", ["--resume", str(run), "--epochs", "2",
+                                                "--cache", str(cache), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"{run}: process {other.pid} is training this run" in err, err
+        assert len((run / "log.jsonl").read_text().splitlines()) == 1
+    finally:
+        other.kill()
+        other.wait()
+    # that process is gone now: its lock is stale and taken over
+    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--epochs", "2", "--cache",
+                                            str(cache), "--quiet", "--no-test"]) == 0
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2 and not (run / LOCK_NAME).exists()
+    from tinyseg.io import folder_lock
+    missing = tmp_path / "new-run"
+    with pytest.raises(RuntimeError):
+        with folder_lock(missing):
+            assert (missing / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            raise RuntimeError("the data failed to load")
+    assert not missing.exists()

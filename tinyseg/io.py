@@ -12,8 +12,9 @@ import errno
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Iterator, Optional, Union
 
 import numpy as np
 
@@ -103,3 +104,66 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+# -- one process per run folder ------------------------------------------------------------
+LOCK_NAME = ".tinyseg-lock"
+
+
+class FolderBusy(Exception):
+    """Another live process holds the folder's lock (it is training that run)."""
+
+
+def _lock_owner(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)              # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # it exists, under another user
+        return True
+    return True
+
+
+@contextmanager
+def folder_lock(folder: PathLike) -> Iterator[Path]:
+    """Hold ``folder/.tinyseg-lock`` (this process's id) while the block runs.
+
+    Two processes training one run folder interleave their epochs in its log and overwrite
+    each other's checkpoints; the second one gets :class:`FolderBusy` instead.  A lock left
+    by a process that no longer exists (killed with ``kill -9``) is taken over.  The folder
+    is made if missing, and removed again if it is still empty at the end.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise FolderBusy(f"{folder}: process {owner} is training this run; wait for it "
+                                 f"or stop it (if no such process is running, delete "
+                                 f"{path})") from None
+            path.unlink(missing_ok=True)          # its process is gone: a stale lock
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise FolderBusy(f"{folder}: cannot take its lock {path}")
+    try:
+        yield path
+    finally:
+        if _lock_owner(path) == os.getpid():
+            path.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):   # made for a run that never started
+            folder.rmdir()

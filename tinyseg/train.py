@@ -46,6 +46,7 @@ naming the epoch and batch; ``last.npz`` then still holds the last good state.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -73,7 +74,7 @@ from .data.errors import DataError
 from .data.images import MAX_SIZE
 from .evaluate import evaluate_dataset
 from .infer import NonFiniteOutput, predict_labels
-from .io import atomic_write_bytes
+from .io import FolderBusy, atomic_write_bytes, folder_lock
 from .layers.batchnorm import recompute_running_stats
 from .losses import lovasz_softmax, softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class
@@ -1152,6 +1153,15 @@ def _resume_changes(args, parser, run_dir: Path, given: Optional[set] = None) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command; the run folder is locked while it trains (``tinyseg.io.folder_lock``)."""
+    with contextlib.ExitStack() as locks:
+        try:
+            return _main(argv, lambda folder: locks.enter_context(folder_lock(folder)))
+        except FolderBusy as e:
+            raise UserError(str(e)) from None
+
+
+def _main(argv: Optional[Sequence[str]], lock) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -1168,6 +1178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if given:
                 raise UserError(f"--{given[0].replace('_', '-')} cannot be changed when "
                                 "resuming (the run's saved config decides it)")
+            if Path(args.resume).is_dir():
+                lock(Path(args.resume))
             if (Path(args.resume) / ENSEMBLE_MANIFEST).is_file():
                 if args.epochs is not None or args.max_minutes is not None:
                     raise UserError("--epochs and --max-minutes cannot be given when resuming "
@@ -1209,6 +1221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if taken:
                 raise UserError(f"--out {out}: holds {', '.join(taken)}, which a run would "
                                 "replace; choose a new or empty folder")
+            lock(out)
             t0 = time.perf_counter()
             train, val = load_data(cfg, args.cache, progress=not args.quiet)
             if cfg.members > 1:

@@ -242,6 +242,17 @@ def test_members_are_the_single_runs_and_resume_restores_a_lost_member(data, tmp
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    # a member resumed on its own with more epochs would be joined with the others as they
+    # are (a fuzzing helper: a 12-epoch and a 20-epoch member, no word); refused, named
+    conf = json.loads((run / "member0" / "config.json").read_text())
+    conf["train"]["epochs"] += 3
+    (run / "member0" / "config.json").write_text(json.dumps(conf))
+    (run / "best.npz").unlink()
+    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test",
+                                            "--data", str(tmp_path / "moved")]) == 1
+    err = capsys.readouterr().err
+    assert f"{run / 'member0'}: trains {conf['train']['epochs']} epochs, the ensemble's " \
+           f"members {conf['train']['epochs'] - 3}" in err and "start the ensemble again" in err
 
 
 def test_resumed_members_read_the_data_where_the_ensemble_says(tmp_path):

@@ -188,6 +188,17 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
     from .train import TrainConfig, _clock
     cfg = TrainConfig.from_dict(manifest["train"])
     K, E = int(manifest["members"]), int(cfg.epochs)
+    for k in range(K):          # a member resumed on its own with --epochs would join as is
+        conf = member_dir(run_dir, k) / "config.json"
+        try:
+            epochs = int(json.loads(conf.read_text())["train"]["epochs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                            # not begun, or damaged: its resume says so
+        if epochs != E:
+            fix = (f"resume it with 'python -m tinyseg.train --resume {conf.parent} --epochs "
+                   f"{E}' first" if epochs < E else "start the ensemble again")
+            raise UserError(f"{conf.parent}: trains {epochs} epochs, the ensemble's members "
+                            f"{E} (it was resumed on its own with --epochs); {fix}")
     pending = [k for k in range(K) if _epochs_done(member_dir(run_dir, k)) < E
                or not (member_dir(run_dir, k) / "best.npz").is_file()]
     running: Dict[int, subprocess.Popen] = {}

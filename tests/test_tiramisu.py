@@ -147,6 +147,34 @@ def test_transition_up_writes_into_out_and_rejects_big_skips(rng):
         up.forward(x, np.zeros((1, 2, 8, 6), np.float32))  # 8 > 2·3 + 1
 
 
+def test_transition_up_backward_wants_the_gradient_of_its_output():
+    """A gradient with 5 channels for a 3 + 1 output came back as a 2-channel skip gradient,
+    and an int64 one as an int64 gradient, without an error (a fuzzing helper)."""
+    rng = np.random.default_rng(0)
+    up = TransitionUp(2, 3, rng=rng)
+    x = rng.standard_normal((1, 2, 2, 2)).astype(np.float32)
+    skip = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    up.forward(x, skip)
+    for bad in (np.zeros((1, 5, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.int64),
+                np.zeros((1, 4, 4, 4), np.float64)):
+        with pytest.raises(ValueError, match=r"TransitionUp: expected dout of shape "
+                                             r"\(1, 4, 4, 4\) .* and dtype float32"):
+            up.backward(bad)
+    dx, dskip = up.backward(np.ones((1, 4, 4, 4), np.float32))
+    assert dx.shape == x.shape and dskip.shape == skip.shape
+
+
+@pytest.mark.parametrize("make, args", [("DenseLayer", (2.7, 3)), ("DenseLayer", (True, 2)),
+                                        ("TransitionDown", (2.5,)), ("TransitionUp", ("4", 3)),
+                                        ("DenseLayer", (0, 2))])
+def test_building_blocks_refuse_counts_that_are_not_positive_integers(make, args):
+    """DenseLayer(2.7, 3.9) became DenseLayer(2, 3); TransitionUp('4', 3) was accepted;
+    DenseLayer(0, 2) named the BatchNorm2d inside it. Now each names itself."""
+    import tinyseg.tiramisu as tm
+    with pytest.raises(ValueError, match=f"^{make}: \\w+ must be a positive integer"):
+        getattr(tm, make)(*args)
+
+
 @pytest.mark.parametrize("new_only", [False, True])
 def test_dense_block_shared_buffer_equals_naive(new_only):
     """Same seed, dropout on, float32: outputs, input and parameter gradients, running

@@ -110,6 +110,14 @@ def _check_dtype(name: str, x: np.ndarray, dtype: np.dtype) -> None:
 # BatchNorm → ReLU → conv → Dropout, the part DenseLayer and TransitionDown share
 # ---------------------------------------------------------------------------------------------
 
+def _check_counts(name: str, **counts) -> None:
+    """``ValueError`` naming the layer unless every count is a positive integer (not a float
+    that ``int`` would cut, nor a bool)."""
+    for key, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: {key} must be a positive integer, got {v!r}")
+
+
 class _NormReLUConv(Layer):
     """``y = Dropout(conv(max(BN(x), 0)))`` with two ways of keeping memory for backward.
 
@@ -129,6 +137,7 @@ class _NormReLUConv(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dropout: float,
                  rng: np.random.Generator, dtype, memory_efficient: bool) -> None:
         super().__init__()
+        _check_counts(type(self).__name__, in_channels=in_channels, out_channels=out_channels)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.dtype = np.dtype(dtype)
@@ -323,10 +332,8 @@ class DenseBlock(Layer):
                  memory_efficient: bool = True, rng: Optional[np.random.Generator] = None,
                  dtype=np.float32) -> None:
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("growth_rate", growth_rate),
-                        ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"DenseBlock: {name} must be a positive integer, got {v!r}")
+        _check_counts("DenseBlock", in_channels=in_channels, growth_rate=growth_rate,
+                      num_layers=num_layers)
         rng = _as_rng(rng)
         self.in_channels = int(in_channels)
         self.growth_rate = int(growth_rate)
@@ -494,6 +501,7 @@ class TransitionUp(Layer):
     def __init__(self, in_channels: int, out_channels: int,
                  rng: Optional[np.random.Generator] = None, dtype=np.float32) -> None:
         super().__init__()
+        _check_counts("TransitionUp", in_channels=in_channels, out_channels=out_channels)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.dtype = np.dtype(dtype)
@@ -523,19 +531,19 @@ class TransitionUp(Layer):
         t, l = centre_crop_offsets(u.shape[2:], (hs, ws))
         out[:, :self.out_channels] = u[:, :, t:t + hs, l:l + ws]
         out[:, self.out_channels:] = skip
-        self._cache = (u.shape, t, l, hs, ws)
+        self._cache = (u.shape, t, l, hs, ws, skip.shape[1])
         return out
 
     def backward(self, dout: np.ndarray):  # type: ignore[override]
         if self._cache is None:
             raise ValueError("TransitionUp: backward called before forward")
-        ushape, t, l, hs, ws = self._cache
-        expect = (ushape[0], None, hs, ws)
-        if (not isinstance(dout, np.ndarray) or dout.ndim != 4 or dout.shape[0] != expect[0]
-                or dout.shape[2:] != (hs, ws) or dout.shape[1] <= self.out_channels):
-            raise ValueError(f"TransitionUp: expected dout of shape (N={ushape[0]}, "
-                             f"{self.out_channels} + skip channels, {hs}, {ws}), got "
-                             f"{getattr(dout, 'shape', type(dout).__name__)}")
+        ushape, t, l, hs, ws, skip_channels = self._cache
+        shape = (ushape[0], self.out_channels + skip_channels, hs, ws)
+        if not isinstance(dout, np.ndarray) or dout.shape != shape or dout.dtype != self.dtype:
+            raise ValueError(f"TransitionUp: expected dout of shape {shape} (the forward "
+                             f"output's) and dtype {self.dtype}, got "
+                             f"{getattr(dout, 'dtype', type(dout).__name__)} "
+                             f"{getattr(dout, 'shape', '')}")
         du = np.zeros(ushape, dtype=self.dtype)  # the cropped-off border gets no gradient
         du[:, :, t:t + hs, l:l + ws] = dout[:, :self.out_channels]
         dx = self.conv.backward(du)

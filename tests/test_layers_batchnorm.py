@@ -316,3 +316,19 @@ def test_state_dict_is_a_copy():
         np.testing.assert_array_equal(sd[k], v, err_msg=k)
     bn.state_dict()["running_var"][...] = -1.0
     assert (bn.buffers["running_var"] > 0).all()
+
+
+def test_a_count_that_is_negative_or_not_whole_is_refused_on_load():
+    """num_batches_tracked of -1 made the next training forward (momentum=None) divide by
+    zero, -3 gave running means of -2.6 for data of mean 5, 2.7 became 2 (a fuzzing
+    helper). load_state_dict refuses them by name and changes nothing."""
+    bn = BatchNorm2d(2, momentum=None)
+    good = bn.state_dict()
+    for bad in (-1, -3, 2.7):
+        state = dict(good, num_batches_tracked=np.array(bad))
+        with pytest.raises(ValueError, match="'num_batches_tracked' is a count, a whole number "
+                                             ">= 0"):
+            bn.load_state_dict(state)
+        assert bn.buffers["num_batches_tracked"] == 0
+    bn.load_state_dict(dict(good, num_batches_tracked=np.array(4.0)))    # whole: accepted
+    assert bn.buffers["num_batches_tracked"] == 4

@@ -225,3 +225,17 @@ def test_scheduler_validation(gamma):
     with pytest.raises(ValueError, match="gamma"):
         ExponentialLR(opt, gamma=gamma)
     assert math.isclose(ExponentialLR(opt).gamma, 0.995)
+
+
+def test_a_schedule_of_a_zero_learning_rate_reloads_its_own_state():
+    """RMSprop takes lr = 0 (a frozen run), but ExponentialLR refused its own state dict
+    ('needs base_lr > 0'): a resumed frozen run could not restore its schedule."""
+    opt = RMSprop(Tiny(np.random.default_rng(0)).named_parameters(), lr=0.0)
+    sched = ExponentialLR(opt, 0.9)
+    sched.step()
+    again = ExponentialLR(opt, 0.9)
+    again.load_state_dict(sched.state_dict())
+    assert (again.base_lr, again.last_epoch) == (0.0, 1)
+    with pytest.raises(ValueError, match="base_lr >= 0"):
+        again.load_state_dict(dict(sched.state_dict(), base_lr=-1.0))
+

@@ -241,9 +241,9 @@ class ExponentialLR:
         except (TypeError, ValueError):
             raise ValueError(f"ExponentialLR.load_state_dict: gamma, base_lr and last_epoch "
                              f"must be numbers, got {state!r}") from None
-        if not (math.isfinite(gamma) and gamma > 0 and math.isfinite(base_lr) and base_lr > 0
-                and last_epoch >= 0):
-            raise ValueError(f"ExponentialLR.load_state_dict: needs gamma > 0, base_lr > 0 and "
+        if not (math.isfinite(gamma) and gamma > 0 and math.isfinite(base_lr) and base_lr >= 0
+                and last_epoch >= 0):       # base_lr 0: RMSprop takes lr = 0 (a frozen run)
+            raise ValueError(f"ExponentialLR.load_state_dict: needs gamma > 0, base_lr >= 0 and "
                              f"last_epoch >= 0, got {gamma}, {base_lr}, {last_epoch}")
         self.gamma, self.base_lr, self.last_epoch = gamma, base_lr, last_epoch
 

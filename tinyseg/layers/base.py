@@ -101,8 +101,9 @@ class Layer:
         """Copy arrays into this layer's parameters and buffers, in place.
 
         Raises ``ValueError`` naming the first parameter that is missing, has another shape
-        or holds no real numbers (complex, text, objects); nothing is changed unless every
-        array passes.  Values are cast to the parameter's dtype.
+        or holds no real numbers (complex, text, objects), or a count (an integer buffer such
+        as ``num_batches_tracked``) that is negative or not whole; nothing is changed unless
+        every array passes.  Values are cast to the parameter's dtype.
         """
         me = f"{type(self).__name__}.load_state_dict"
         own = {name: p for name, p, _ in self.named_parameters()}
@@ -119,6 +120,9 @@ class Layer:
                                  f"{target.shape}")
             if value.dtype.kind not in "biuf":
                 raise ValueError(f"{me}: '{name}' holds {value.dtype} values, not real numbers")
+            if target.dtype.kind in "iu" and (np.any(value != np.floor(value))
+                                               or np.any(value < 0)):
+                raise ValueError(f"{me}: '{name}' is a count, a whole number >= 0, got {value}")
             staged.append((target, value))
         if strict:
             extra = sorted(set(state) - set(own))

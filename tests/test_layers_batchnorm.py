@@ -218,7 +218,15 @@ def test_other_errors():
     for kwargs, msg in [(dict(num_features=0), "num_features"), (dict(num_features=2, eps=0),
                                                                   "eps"),
                         (dict(num_features=2, momentum=1.5), "momentum"),
-                        (dict(num_features=2, dtype=np.int32), "dtype")]:
+                        (dict(num_features=2, dtype=np.int32), "dtype"),
+                        # raw TypeErrors, or accepted where Conv2d refuses (fuzzing helper)
+                        (dict(num_features=None), "num_features"),
+                        (dict(num_features=2.0), "num_features"),
+                        (dict(num_features=True), "num_features"),
+                        (dict(num_features=float("nan")), "num_features"),
+                        (dict(num_features=2, eps="1e-5"), "eps must be a number"),
+                        (dict(num_features=2, momentum="0.1"), "momentum must be a number"),
+                        (dict(num_features=2, eps=float("inf")), "eps must be a finite")]:
         with pytest.raises(ValueError, match=f"BatchNorm2d: {msg}"):
             BatchNorm2d(**kwargs)
 

@@ -107,6 +107,8 @@ def test_output_dtype_and_float32_agrees(rng, dtype):
     (np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2), dtype=int), [2], "classes"),
     (np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2), dtype=int), [], "classes"),
     (np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2), dtype=int), [True], "classes"),
+    # "'int' object is not iterable" (a fuzzing helper)
+    (np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2), dtype=int), 1, r"a list of class numbers"),
 ])
 def test_validation(logits, target, classes, match):
     with pytest.raises(ValueError, match=match):

@@ -150,6 +150,9 @@ def lovasz_softmax(logits: np.ndarray, target: np.ndarray,
     if target.size and (target.min() < 0 or target.max() >= K):
         raise ValueError(f"{name}: target values must be in [0, {K}) for logits of shape "
                          f"{logits.shape}; found min {target.min()}, max {target.max()}")
+    if classes is not None and not isinstance(classes, (list, tuple, np.ndarray, range)):
+        raise ValueError(f"{name}: classes must be a list of class numbers, e.g. [1], "
+                         f"got {classes!r}")
     chosen = list(range(K)) if classes is None else list(classes)
     if not chosen or any(isinstance(c, bool) or not isinstance(c, (int, np.integer))
                          or not 0 <= c < K for c in chosen):

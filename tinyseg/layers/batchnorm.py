@@ -56,11 +56,16 @@ class BatchNorm2d(Layer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  dtype=np.float32) -> None:
         super().__init__()
-        if int(num_features) != num_features or num_features < 1:
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:       # a float 2.0, None, NaN: as Conv2d refuses them
             raise ValueError(f"BatchNorm2d: num_features must be a positive integer, "
                              f"got {num_features!r}")
-        if not eps > 0:
-            raise ValueError(f"BatchNorm2d: eps must be > 0, got {eps!r}")
+        for name, v in (("eps", eps), ("momentum", momentum)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float,
+                                                                             np.number))):
+                raise ValueError(f"BatchNorm2d: {name} must be a number, got {v!r}")
+        if not 0 < eps < float("inf"):
+            raise ValueError(f"BatchNorm2d: eps must be a finite number > 0, got {eps!r}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm2d: momentum must be in [0, 1] or None, got {momentum!r}")
         dtype = np.dtype(dtype)

@@ -464,6 +464,12 @@ def test_bad_inputs_name_the_model():
     model.forward(np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(ValueError, match="dlogits of shape \\(1, 3, 16, 16\\)"):
         model.backward(np.zeros((1, 3, 8, 8), np.float32))
+    # a complex gradient lost its imaginary part with a ComplexWarning; text failed in NumPy
+    for bad in (np.zeros((1, 3, 16, 16), np.complex64), np.zeros((1, 3, 16, 16), "U1")):
+        with pytest.raises(ValueError, match="expected float dlogits of shape"):
+            model.backward(bad)
+    with pytest.raises(ValueError, match="a seed must be an integer >= 0, got -1"):
+        Tiramisu(rng=-1)                                 # numpy: "expected non-negative integer"
 
 
 @pytest.mark.parametrize("efficient", [True, False])

@@ -93,6 +93,8 @@ def _as_rng(rng) -> np.random.Generator:
     if rng is None:
         return np.random.default_rng(0)
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:                 # numpy says only "expected non-negative integer"
+            raise ValueError(f"rng: a seed must be an integer >= 0, got {rng}")
         return np.random.default_rng(int(rng))
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, an int seed or None, "
@@ -758,9 +760,11 @@ class Tiramisu(Layer):
             raise ValueError("Tiramisu: backward called before forward")
         n, h, w, ph, pw = self._pad
         expect = (n, self.num_classes, h, w)
-        if not isinstance(dlogits, np.ndarray) or dlogits.shape != expect:
-            raise ValueError(f"Tiramisu: expected dlogits of shape {expect}, got "
-                             f"{getattr(dlogits, 'shape', type(dlogits).__name__)}")
+        if not isinstance(dlogits, np.ndarray) or dlogits.shape != expect \
+                or dlogits.dtype.kind != "f":   # a complex one lost its imaginary part
+            raise ValueError(f"Tiramisu: expected float dlogits of shape {expect}, got "
+                             f"{getattr(dlogits, 'dtype', type(dlogits).__name__)} "
+                             f"{getattr(dlogits, 'shape', '')}")
         d = np.asarray(dlogits, dtype=self.dtype)
         if ph or pw:  # the padded border's logits were cropped off: zero gradient there
             d = np.pad(d, ((0, 0), (0, 0), (0, ph), (0, pw)))

@@ -137,3 +137,16 @@ def test_plain_warnings_restores_the_warning_printer():
     assert warnings.showwarning is before
     assert run_main(lambda argv: 0, "tinyseg.x") == 0
     assert warnings.showwarning is before
+
+
+def test_an_empty_data_flag_is_refused_by_every_command(capsys, monkeypatch):
+    """'--data ""' quietly fell back to $TINYSEG_DATA (resolve_data_root takes '' for 'not
+    given'), so a script with an unset variable trained on other data than it named."""
+    from tinyseg.evaluate import main as evaluate_main
+    from tinyseg.train import main as train_main
+    monkeypatch.setenv("TINYSEG_DATA", "/somewhere/else")
+    for main in (train_main, evaluate_main):
+        with pytest.raises(SystemExit) as e:
+            main(["--data", ""])
+        assert e.value.code == 2
+        assert "argument --data: is empty" in capsys.readouterr().err

@@ -129,7 +129,9 @@ def test_bad_flags_exit_2(root, capsys):
                  ["download", "--root", "x", "--annotations-url", "notaurl"],
                  # numpy's traceback for a negative seed; load_split's for a side over 1024
                  ["show", "--seed", "-5"], ["bench", "--seed", "-5"],
-                 ["bench", "--size", "2000"]):
+                 ["bench", "--size", "2000"],
+                 # an empty --data quietly meant $TINYSEG_DATA
+                 ["info", "--data", ""]):
         with pytest.raises(SystemExit) as e:
             main(["--data", str(root)] if not args else args)
         assert e.value.code == 2, args

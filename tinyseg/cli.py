@@ -61,6 +61,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def data_dir(text: str) -> str:
+    """The ``--data`` flag's type: an empty value is refused (``resolve_data_root`` takes ''
+    for 'not given' and would quietly use ``$TINYSEG_DATA`` instead)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a COCO folder, or leave the flag out "
+                                         "to use $TINYSEG_DATA")
+    return text
+
+
 @contextlib.contextmanager
 def plain_warnings(prog: str) -> Iterator[None]:
     """Within the block, tinyseg's own warnings (``BadImageWarning``: images skipped) print

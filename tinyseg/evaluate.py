@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .cli import HelpFormatter, UserError, run_main, set_threads
+from .cli import HelpFormatter, UserError, data_dir, run_main, set_threads
 from .data.batches import normalize
 from .data.images import MAX_SIZE
 from .losses import softmax_cross_entropy
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--checkpoint", metavar="FILE", default=None,
       help="best.npz / last.npz of a run, or any tinyseg checkpoint (default: the bundled "
            "model, tinyseg/weights/person.npz)")
-    a("--data", metavar="DIR", default=None,
+    a("--data", metavar="DIR", default=None, type=data_dir,
       help="COCO data root (default: $TINYSEG_DATA)")
     a("--split", choices=list(SPLITS), default="test", help="which split to score")
     a("--filter", choices=list(FILTER_PRESETS), nargs="+", default=["default", "wide"],

@@ -64,7 +64,7 @@ import numpy as np
 from . import __version__
 from .checkpoint import (CheckpointError, generator_states, load_model, make_meta, read,
                          save_model, save_training, set_generator_states)
-from .cli import HelpFormatter, UserError, run_main, set_threads
+from .cli import HelpFormatter, UserError, data_dir, run_main, set_threads
 from .data.augment import AugmentConfig, augment as augment_pair
 from .data.batches import normalize
 from .data.cache import load_split
@@ -974,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in PRESETS:
         which.add_argument(f"--{name}", dest="preset", action="store_const", const=name,
                            help=f"same as --preset {name}")
-    a("--data", metavar="DIR", default=None,
+    a("--data", metavar="DIR", default=None, type=data_dir,
       help="COCO data root (annotations/*.json + images) (default: $TINYSEG_DATA)")
     a("--filter", choices=list(FILTER_PRESETS), default=None,
       help=f"which images to use: default = the original's (1-2 persons covering 20-70 %%), "

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyseg.checkpoint import CheckpointError, default_weights
+from tinyseg.cli import data_dir
 from tinyseg.data.cache import load_split
 from tinyseg.data.coco import FILTER_PRESETS
 from tinyseg.data.errors import DataError
@@ -70,7 +71,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="model file, training checkpoint or ensemble (default: the bundled model)")
     p.add_argument("--filter", default="default", choices=sorted(FILTER_PRESETS),
                    help="which filter's val and test splits (default: %(default)s)")
-    p.add_argument("--data", default=None, help="data root (default: $TINYSEG_DATA)")
+    p.add_argument("--data", default=None, type=data_dir,
+                   help="data root (default: $TINYSEG_DATA)")
     p.add_argument("--cache", default=None, help="cache folder (default: $TINYSEG_CACHE)")
     return p
 

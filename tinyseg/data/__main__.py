@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..cli import plain_warnings
+from ..cli import data_dir, plain_warnings
 from .augment import AugmentConfig, augment
 from .batches import batches
 from .cache import (ENV_CACHE, cache_key, cache_path, default_cache_dir, load_split,
@@ -130,7 +130,7 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
 
 def _data_flags(p: argparse.ArgumentParser, size_default: Optional[int] = 224) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, metavar="DIR",
+    g.add_argument("--data", default=None, metavar="DIR", type=data_dir,
                    help=f"COCO directory: annotations/*.json and the images they list "
                         f"(default: ${ENV_DATA})")
     g.add_argument("--annotations", nargs="+", default=None, metavar="FILE",

@@ -68,7 +68,7 @@ from .io import atomic_save_npz, read_npz
 from .kernels.conv import conv2d_backward, conv2d_forward
 from .kernels.norm import batchnorm2d_stats, batchnorm_relu_backward, batchnorm_relu_forward
 from .layers.activation import Dropout, ReLU
-from .layers.base import Layer, check_input
+from .layers.base import Layer, check_input, positive_int
 from .layers.batchnorm import BatchNorm2d
 from .layers.concat import concat, split_grad
 from .layers.conv import Conv2d, ConvTranspose2d
@@ -113,11 +113,9 @@ def _check_dtype(name: str, x: np.ndarray, dtype: np.dtype) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _check_counts(name: str, **counts) -> None:
-    """``ValueError`` naming the layer unless every count is a positive integer (not a float
-    that ``int`` would cut, nor a bool)."""
+    """``ValueError`` naming the layer unless every count is a positive integer."""
     for key, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: {key} must be a positive integer, got {v!r}")
+        positive_int(name, key, v)
 
 
 class _NormReLUConv(Layer):
@@ -625,11 +623,8 @@ class Tiramisu(Layer):
                  dropout: float = 0.2, memory_efficient: bool = True, eval_bn: str = "running",
                  rng=None, dtype=np.float32) -> None:
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("num_classes", num_classes),
-                        ("first_filters", first_filters), ("growth_rate", growth_rate),
-                        ("pools", pools)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"Tiramisu: {name} must be a positive integer, got {v!r}")
+        _check_counts("Tiramisu", in_channels=in_channels, num_classes=num_classes,
+                      first_filters=first_filters, growth_rate=growth_rate, pools=pools)
         if (isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating))
                 or not 0.0 <= dropout < 1.0):
             raise ValueError(f"Tiramisu: dropout must be in [0, 1), got {dropout!r}")

@@ -142,6 +142,14 @@ def _join(prefix: str, name: str) -> str:
 
 # -- input checks shared by all layers --------------------------------------------------------
 
+def positive_int(layer: str, name: str, value) -> int:
+    """``value`` as an int, or ``ValueError`` naming the layer: a positive integer, not a float
+    that ``int`` would cut, nor a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def check_input(layer: str, x: np.ndarray, ndim: int = 4, channels: int | None = None,
                 channel_axis: int = 1) -> None:
     """Raise a ``ValueError`` naming the layer and both shapes if ``x`` is not what it expects.

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..kernels.norm import batchnorm2d_backward, batchnorm2d_forward
 from .activation import Dropout
-from .base import Layer, check_input
+from .base import Layer, check_input, positive_int
 
 
 class BatchNorm2d(Layer):
@@ -56,10 +56,7 @@ class BatchNorm2d(Layer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  dtype=np.float32) -> None:
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
-                or num_features < 1:       # a float 2.0, None, NaN: as Conv2d refuses them
-            raise ValueError(f"BatchNorm2d: num_features must be a positive integer, "
-                             f"got {num_features!r}")
+        positive_int("BatchNorm2d", "num_features", num_features)   # not 2.0, None, NaN
         for name, v in (("eps", eps), ("momentum", momentum)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float,
                                                                              np.number))):

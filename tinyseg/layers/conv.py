@@ -37,7 +37,7 @@ import numpy as np
 
 from ..init import he_uniform
 from ..kernels import conv as _k
-from .base import Layer, check_input
+from .base import Layer, check_input, positive_int
 
 __all__ = ["Conv2d", "ConvTranspose2d"]
 
@@ -62,20 +62,14 @@ def _square(name: str, layer: str, value: IntOrPair, minimum: int) -> int:
     return a
 
 
-def _positive(name: str, layer: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 class _ConvBase(Layer):
     """What the two layers share: parameter set-up, input checks, the cached input."""
 
     def _setup(self, in_channels, out_channels, kernel_size, stride, padding, bias, rng,
                dtype) -> None:
         name = type(self).__name__
-        self.in_channels = _positive("in_channels", name, in_channels)
-        self.out_channels = _positive("out_channels", name, out_channels)
+        self.in_channels = positive_int(name, "in_channels", in_channels)
+        self.out_channels = positive_int(name, "out_channels", out_channels)
         self.kernel_size = _pair("kernel_size", name, kernel_size, 1)
         self.stride = _square("stride", name, stride, 1)
         self.padding = _square("padding", name, padding, 0)

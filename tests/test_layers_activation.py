@@ -192,3 +192,20 @@ def test_backward_refuses_a_dout_that_is_no_float_array():
             with pytest.raises(ValueError, match=f"{name}: expected a float dout, got"):
                 layer.backward(np.ones(y.shape, dtype))
         assert layer.backward(np.ones(y.shape, np.float32)).shape == x.shape
+
+
+@pytest.mark.parametrize("make", ["ReLU", "Dropout", "Dropout-eval"])
+def test_backward_returns_the_forward_inputs_dtype(make):
+    """A float16 dout came back from ReLU and Dropout as a float16 gradient (batch norm and
+    max-pool cast it to their input's dtype); now all four do (a fuzzing helper)."""
+    from tinyseg import Dropout, ReLU
+    layer = ReLU() if make == "ReLU" else Dropout(0.5, rng=np.random.default_rng(1))
+    if make == "Dropout-eval":
+        layer.eval()
+    for dtype in (np.float32, np.float64):
+        x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(dtype)
+        y = layer.forward(x)
+        dout = np.random.default_rng(2).standard_normal(y.shape)
+        dx = layer.backward(dout.astype(np.float16))
+        assert dx.dtype == dtype
+        np.testing.assert_array_equal(dx, layer.backward(dout.astype(np.float16).astype(dtype)))

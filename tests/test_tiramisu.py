@@ -164,6 +164,18 @@ def test_transition_up_backward_wants_the_gradient_of_its_output():
     assert dx.shape == x.shape and dskip.shape == skip.shape
 
 
+@pytest.mark.parametrize("efficient", [True, False])
+def test_dense_block_backward_wants_a_float_gradient(efficient):
+    """An int64 gradient was taken by the shared-buffer path and cast without a word (a
+    fuzzing helper); the naive path failed inside, naming `Concat.split_grad`."""
+    rng = np.random.default_rng(0)
+    block = DenseBlock(2, 2, 2, rng=rng, memory_efficient=efficient)
+    y = block.forward(rng.standard_normal((1, 2, 4, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match="^DenseBlock: expected a float dout, got int64"):
+        block.backward(np.ones(y.shape, np.int64))
+    assert block.backward(np.ones(y.shape, np.float32)).shape == (1, 2, 4, 4)
+
+
 @pytest.mark.parametrize("make, args", [("DenseLayer", (2.7, 3)), ("DenseLayer", (True, 2)),
                                         ("TransitionDown", (2.5,)), ("TransitionUp", ("4", 3)),
                                         ("DenseLayer", (0, 2))])

@@ -410,6 +410,8 @@ class DenseBlock(Layer):
         if not isinstance(dout, np.ndarray) or dout.ndim != 4 or dout.shape[1:2] != expect:
             raise ValueError(f"DenseBlock: expected dout of shape (N, {self.out_channels}, H, W), "
                              f"got {getattr(dout, 'shape', type(dout).__name__)}")
+        if dout.dtype.kind != "f":
+            raise ValueError(f"DenseBlock: expected a float dout, got {dout.dtype}")
         if not self.memory_efficient:
             return self._backward_naive(dout)
         buf = self._buffer

@@ -19,12 +19,16 @@ def _check_float_array(layer: str, x) -> None:
     check_input(layer, x, ndim=x.ndim if isinstance(x, np.ndarray) else 4)
 
 
-def _check_dout(layer: str, dout, shape) -> None:
+def _check_dout(layer: str, dout, shape, dtype) -> np.ndarray:
+    """``dout`` of the forward output's shape, any float dtype; returned in the forward
+    input's ``dtype`` (as ``BatchNorm2d`` and ``MaxPool2d`` do), so a float16 gradient does
+    not turn the rest of the backward pass into float16."""
     if not isinstance(dout, np.ndarray) or dout.shape != shape:
         raise ValueError(f"{layer}: expected dout of shape {shape}, got shape "
                          f"{getattr(dout, 'shape', type(dout).__name__)}")
     if dout.dtype.kind != "f":
         raise ValueError(f"{layer}: expected a float dout, got {dout.dtype}")
+    return np.asarray(dout, dtype=dtype)
 
 
 class ReLU(Layer):
@@ -35,16 +39,17 @@ class ReLU(Layer):
     def __init__(self) -> None:
         super().__init__()
         self._mask: Optional[np.ndarray] = None
+        self._dtype = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_float_array("ReLU", x)
-        self._mask = x > 0
+        self._mask, self._dtype = x > 0, x.dtype
         return np.maximum(x, x.dtype.type(0))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         if self._mask is None:
             raise ValueError("ReLU: backward called before forward")
-        _check_dout("ReLU", dout, self._mask.shape)
+        dout = _check_dout("ReLU", dout, self._mask.shape, self._dtype)
         return dout * self._mask
 
 
@@ -97,21 +102,21 @@ class Dropout(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_float_array("Dropout", x)
         if not self.training or self.p == 0.0:
-            self._cache = ("identity", x.shape, None)
+            self._cache = ("identity", x.shape, x.dtype, None)
             return x
         if not (self.frozen and self.mask is not None and self.mask.shape == x.shape):
             self.mask = self.rng.random(x.shape, dtype=np.float32) >= self.p
         scale = x.dtype.type(1.0 / (1.0 - self.p))
         y = x * self.mask
         y *= scale
-        self._cache = ("drop", x.shape, (self.mask, scale))
+        self._cache = ("drop", x.shape, x.dtype, (self.mask, scale))
         return y
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise ValueError("Dropout: backward called before forward")
-        mode, shape, saved = self._cache
-        _check_dout("Dropout", dout, shape)
+        mode, shape, dtype, saved = self._cache
+        dout = _check_dout("Dropout", dout, shape, dtype)
         if mode == "identity":
             return dout
         mask, scale = saved

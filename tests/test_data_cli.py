@@ -245,3 +245,45 @@ def test_show_augment_n_counts_tiles_one_sample_per_row(root, tmp_path, capsys):
     assert code == 0 and "(8 tiles from the train split" in out, out   # 2 samples x 4
     a = np.asarray(Image.open(tmp_path / "a.png"))
     assert a.shape[1] > 4 * 32      # four tiles per row whatever --cols says
+
+
+def test_a_filter_error_shows_the_subcommands_usage(root, capsys):
+    """``--min-coverage 0.8 --max-coverage 0.5`` printed the top-level usage line
+    (``python -m tinyseg.data [-h] COMMAND ...``), where argparse's own flag errors show the
+    subcommand's."""
+    for command in ("info", "show", "bench"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--data", str(root), "--min-coverage", "0.8", "--max-coverage",
+                  "0.5"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err.startswith(f"usage: python -m tinyseg.data {command} "), err
+        assert f"tinyseg.data {command}: error: " in err and "coverage" in err
+
+
+def test_info_says_when_the_cache_folder_is_a_file(root, tmp_path, capsys):
+    """``--cache-dir`` naming a file (or a file where its ``data`` folder goes) was reported
+    as "not built yet", as if training would build the cache there."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "data").write_text("mine")
+    for cache, culprit in ((afile, afile), (folder, folder / "data")):
+        for size in ([], ["--size", "32"]):
+            code, out, _ = _run(["info", "--data", str(root), "--cache-dir", str(cache)]
+                                + size, capsys)
+            assert code == 0
+            assert f"cache: {culprit} is a file, not a folder" in out, out
+            assert "not built yet" not in out
+    assert afile.read_text() == "mine" and (folder / "data").read_text() == "mine"
+
+
+def test_bench_counts_the_images_before_caching_them(root, tmp_path, capsys):
+    """``--batch-size 1000`` built the cache of all three splits, then said the split was too
+    small."""
+    code, out, err = _run(["bench", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                           "--size", "16", "--batch-size", "1000"], capsys)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "fewer than --batch-size 1000" in err and "caching" not in err
+    assert not list((tmp_path / "c" / "data").glob("*.npz"))

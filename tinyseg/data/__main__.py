@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="time without augmentation (default: with)")
     p.add_argument("--seed", type=_seed, default=0, help="seed (default: %(default)s)")
+    parser.subcommands = dict(sub.choices)    # type: ignore[attr-defined]
     return parser
 
 
@@ -231,8 +232,8 @@ def filters_from(args, parser: argparse.ArgumentParser) -> FilterConfig:
         changes["max_persons"] = args.max_persons
     try:
         return dataclasses.replace(FILTER_PRESETS[args.preset], **changes)
-    except ValueError as e:
-        parser.error(str(e).replace("FilterConfig: ", ""))
+    except ValueError as e:   # the usage line and the error of the subcommand, as argparse's
+        parser.subcommands[args.command].error(str(e).replace("FilterConfig: ", ""))
 
 
 def _say(text: str = "") -> None:
@@ -286,6 +287,10 @@ def _cache_lines(sel, cache_dir: Path, size: Optional[int]) -> List[str]:
         sizes = sorted({int(m.group(1)) for m in found if m})
     else:
         sizes = [size]
+    for folder in (cache_dir, cache_dir / "data"):
+        if folder.exists() and not folder.is_dir():
+            return [f"cache: {folder} is a file, not a folder, so no cache can be kept there "
+                    f"(--cache-dir, or ${ENV_CACHE})"]
     lines = []
     for s in sizes:
         key = cache_key(sel, s)
@@ -374,6 +379,12 @@ def cmd_download(args, filters: FilterConfig) -> int:
 
 
 def cmd_bench(args, filters: FilterConfig) -> int:
+    sel = select(args.data, filters, args.cache_dir, annotation_files=args.annotations,
+                 images_dir=args.images)        # counts the images before caching them
+    n_train = len(sel.ids["train"])
+    if n_train < args.batch_size:
+        raise DataError(f"the train split of these filters has {n_train} images, fewer than "
+                        f"--batch-size {args.batch_size}")
     ds = load_split(args.data, "train", args.size, filters, args.cache_dir,
                     annotation_files=args.annotations, images_dir=args.images)
     rng = np.random.default_rng(args.seed)

@@ -12,7 +12,10 @@ A layer owns three dicts of NumPy arrays:
 PyTorch) and returns the input gradient.  A layer keeps only its last forward's input, so
 one layer must not appear twice in one forward pass; and ``backward`` is meant once per
 ``forward``: most layers would add the same gradients again on a second call (PyTorch
-raises there).
+raises there).  What a layer keeps is a reference to the arrays it saw, not a copy (a copy
+would double the memory of a training step): changing the input in place between
+``forward`` and ``backward`` changes the gradients, where PyTorch raises ("modified by an
+inplace operation").  Pass a copy if the array is needed for something else meanwhile.
 
 Layers that are built from other layers (a dense block, the whole Tiramisu) keep their
 children as ordinary attributes, or in lists of layers; ``named_layers`` finds them, and

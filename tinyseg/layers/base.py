@@ -15,7 +15,7 @@ one layer must not appear twice in one forward pass; and ``backward`` is meant o
 raises there).  What a layer keeps is a reference to the arrays it saw, not a copy (a copy
 would double the memory of a training step): changing the input in place between
 ``forward`` and ``backward`` changes the gradients, where PyTorch raises ("modified by an
-inplace operation").  Pass a copy if the array is needed for something else meanwhile.
+inplace operation").  Hand ``forward`` a copy if the array must change in between.
 
 Layers that are built from other layers (a dense block, the whole Tiramisu) keep their
 children as ordinary attributes, or in lists of layers; ``named_layers`` finds them, and

@@ -331,6 +331,68 @@ def test_switching_implementation_on_a_model():
     assert all(l.memory_efficient for b in model.up_blocks for l in b.layers)
 
 
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("part", ["DenseLayer", "TransitionDown", "DenseBlock", "Tiramisu"])
+def test_backward_follows_the_way_forward_went(part, first):
+    """``memory_efficient`` switched between forward and backward: backward still uses what
+    forward kept (a stale cache of the other way gave gradients off by up to 3 before), so
+    the gradients are those of an unswitched step."""
+    def make():
+        rng = np.random.default_rng(1)
+        return {"DenseLayer": lambda: DenseLayer(5, 3, dropout=0.2, rng=rng,
+                                                 memory_efficient=first),
+                "TransitionDown": lambda: TransitionDown(5, dropout=0.2, rng=rng,
+                                                         memory_efficient=first),
+                "DenseBlock": lambda: DenseBlock(5, 3, 2, dropout=0.2, rng=rng,
+                                                 memory_efficient=first),
+                "Tiramisu": lambda: tiny(np.float32, dropout=0.2, seed=1,
+                                         memory_efficient=first)}[part]()
+    in_ch = 3 if part == "Tiramisu" else 5
+    x = np.random.default_rng(2).standard_normal((2, in_ch, 8, 8)).astype(np.float32)
+    results = []
+    for switch in (False, True):
+        layer = make()
+        # an earlier step, the other way when switching: it leaves that way's caches behind
+        layer.memory_efficient = first != switch
+        layer.backward(np.ones_like(layer.forward(x)))
+        layer.memory_efficient = first
+        for _, _, g in layer.named_parameters():
+            g[...] = 0
+        y = layer.forward(x)
+        if switch:
+            layer.memory_efficient = not first
+        dx = layer.backward(np.random.default_rng(3).standard_normal(y.shape).astype(y.dtype))
+        results.append((y, dx, {n: g.copy() for n, _, g in layer.named_parameters()}))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    np.testing.assert_array_equal(y1, y0)
+    assert_close(dx1, dx0, name="dx")
+    scale = max(np.abs(g).max() for g in g0.values())
+    for name in g0:
+        assert_close(g1[name], g0[name], name=name, scale=scale)
+
+
+@pytest.mark.parametrize("efficient", [True, False])
+@pytest.mark.parametrize("part", ["DenseLayer", "TransitionDown", "DenseBlock", "Tiramisu"])
+def test_one_backward_per_forward_named_by_the_part(part, efficient):
+    """Backward before forward, and a second backward after one forward, are refused in the
+    part's own name, whichever way it runs (the plain chain's children used to answer:
+    "MaxPool2d: ..." for a TransitionDown, and a second backward added the gradients again)."""
+    rng = np.random.default_rng(0)
+    layer = {"DenseLayer": lambda: DenseLayer(4, 2, rng=rng, memory_efficient=efficient),
+             "TransitionDown": lambda: TransitionDown(4, rng=rng, memory_efficient=efficient),
+             "DenseBlock": lambda: DenseBlock(4, 2, 2, rng=rng, memory_efficient=efficient),
+             "Tiramisu": lambda: tiny(np.float32, memory_efficient=efficient)}[part]()
+    x = np.random.default_rng(1).standard_normal((2, 3 if part == "Tiramisu" else 4, 8, 8)
+                                                 ).astype(np.float32)
+    shape = {"DenseLayer": (2, 2, 8, 8), "TransitionDown": (2, 4, 4, 4),
+             "DenseBlock": (2, 8, 8, 8), "Tiramisu": (2, 3, 8, 8)}[part]
+    with pytest.raises(ValueError, match=f"^{part}: backward called before forward"):
+        layer.backward(np.ones(shape, np.float32))
+    layer.backward(np.ones_like(layer.forward(x)))
+    with pytest.raises(ValueError, match=f"^{part}: backward called before forward"):
+        layer.backward(np.ones(shape, np.float32))
+
+
 def _expected_params(in_ch, classes, m, k, layers, pools):
     """The count written out: conv = (in·kh·kw + 1)·out, BN = 2·C, per the paper's layout."""
     p = (in_ch * 9 + 1) * m

@@ -150,6 +150,7 @@ class _NormReLUConv(Layer):
         self.memory_efficient = bool(memory_efficient)
         self.eval_bn = "running"
         self._saved = None
+        self._path: Optional[str] = None   # the way the last forward went: "recompute", "chain"
 
     # -- the plain chain ---------------------------------------------------------------------
     def _norm_forward(self, x: np.ndarray) -> np.ndarray:
@@ -227,19 +228,29 @@ class _NormReLUConv(Layer):
 
     def _run_forward(self, x: np.ndarray) -> np.ndarray:
         self._check(x)
+        self._path = self._saved = None
         if self.memory_efficient:
-            return self._forward_recompute(x)
-        self._saved = None
-        return self._forward_chain(x)
+            y = self._forward_recompute(x)
+            self._path = "recompute"
+        else:
+            y = self._forward_chain(x)
+            self._path = "chain"
+        return y
+
+    def _require_forward(self) -> None:
+        if self._path is None:
+            raise ValueError(f"{type(self).__name__}: backward called before forward (each "
+                             f"forward allows one backward)")
 
     def _run_backward(self, dout: np.ndarray) -> np.ndarray:
-        if self.memory_efficient:
-            if self._saved is None:
-                raise ValueError(f"{type(self).__name__}: backward called before forward")
+        # the way forward went, even if memory_efficient was switched since: its caches
+        self._require_forward()
+        if self._path == "recompute":
             dx = self._backward_recompute(dout)
-            self._saved = None
-            return dx
-        return self._backward_chain(dout)
+        else:
+            dx = self._backward_chain(dout)
+        self._path = self._saved = None
+        return dx
 
 
 class DenseLayer(_NormReLUConv):
@@ -296,6 +307,7 @@ class TransitionDown(_NormReLUConv):
         return self.pool.forward(self._run_forward(x))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        self._require_forward()
         return self._run_backward(self.pool.backward(dout))
 
     def __repr__(self) -> str:
@@ -347,6 +359,7 @@ class DenseBlock(Layer):
         self.memory_efficient = bool(memory_efficient)
         self._buffer: Optional[np.ndarray] = None
         self._naive_sizes: Optional[List[int]] = None
+        self._path: Optional[str] = None   # the way the last forward went: "buffer", "naive"
 
     @property
     def memory_efficient(self) -> bool:
@@ -385,10 +398,11 @@ class DenseBlock(Layer):
                              f"buffer of shape (N, {self.total_channels}, H, W), got "
                              f"{getattr(buf, 'shape', type(buf).__name__)}")
         c, k = self.in_channels, self.growth_rate
+        self._path = None
         for layer in self.layers:
             buf[:, c:c + k] = layer.forward(buf[:, :c])  # input: a view, no copy
             c += k
-        self._buffer = buf
+        self._buffer, self._path = buf, "buffer"
         return buf[:, self.in_channels:] if self.new_features_only else buf
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -412,11 +426,12 @@ class DenseBlock(Layer):
                              f"got {getattr(dout, 'shape', type(dout).__name__)}")
         if dout.dtype.kind != "f":
             raise ValueError(f"DenseBlock: expected a float dout, got {dout.dtype}")
-        if not self.memory_efficient:
+        if self._path is None:
+            raise ValueError("DenseBlock: backward called before forward (each forward allows "
+                             "one backward)")
+        if self._path == "naive":   # the way forward went, even if the flag changed since
             return self._backward_naive(dout)
         buf = self._buffer
-        if buf is None:
-            raise ValueError("DenseBlock: backward called before forward")
         if dout.shape[0] != buf.shape[0] or dout.shape[2:] != buf.shape[2:]:
             raise ValueError(f"DenseBlock: expected dout of shape "
                              f"{(buf.shape[0], self.out_channels) + buf.shape[2:]}, "
@@ -434,23 +449,23 @@ class DenseBlock(Layer):
             c -= k
             # dbuf[:, c:c+k] is complete: every later layer has added its share already
             dbuf[:, :c] += layer.backward(dbuf[:, c:c + k])
-        self._buffer = None
+        self._buffer = self._path = None
         return dbuf[:, :self.in_channels]
 
     # -- naive path -------------------------------------------------------------------------------
     def _forward_naive(self, x: np.ndarray) -> np.ndarray:
         # lesson 6's words: layer ℓ reads input_ℓ = [x₀, …, x_{ℓ−1}] and writes x_ℓ
         input_l, new = x, []
+        self._path = None
         for layer in self.layers:
             x_l = layer.forward(input_l)
             new.append(x_l)
             input_l = concat([input_l, x_l])  # a new array: x₀ … x_ℓ copied once more
         self._naive_sizes = [self.in_channels] + [self.growth_rate] * self.num_layers
+        self._path = "naive"
         return concat(new) if self.new_features_only else input_l
 
     def _backward_naive(self, dout: np.ndarray) -> np.ndarray:
-        if self._naive_sizes is None:
-            raise ValueError("DenseBlock: backward called before forward")
         k = self.growth_rate
         if self.new_features_only:
             dx_new = split_grad(dout, [k] * self.num_layers)  # from concat(new)
@@ -468,7 +483,7 @@ class DenseBlock(Layer):
                     dx_l = dx_l + dx_new[i]
             d_layer_input = self.layers[i].backward(dx_l)
             d_input = d_layer_input if d_before is None else d_before + d_layer_input
-        self._naive_sizes = None
+        self._naive_sizes = self._path = None
         return d_input
 
     def __repr__(self) -> str:

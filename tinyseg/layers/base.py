@@ -11,8 +11,8 @@ A layer owns three dicts of NumPy arrays:
 (so the gradients of several forward/backward pairs add up until ``zero_grad``, as in
 PyTorch) and returns the input gradient.  A layer keeps only its last forward's input, so
 one layer must not appear twice in one forward pass; and ``backward`` is meant once per
-``forward``: most layers would add the same gradients again on a second call (PyTorch
-raises there).  What a layer keeps is a reference to the arrays it saw, not a copy (a copy
+``forward``: the plain layers would add the same gradients again on a second call (PyTorch
+raises there); the Tiramisu and its parts refuse it.  What a layer keeps is a reference to the arrays it saw, not a copy (a copy
 would double the memory of a training step): changing the input in place between
 ``forward`` and ``backward`` changes the gradients, where PyTorch raises ("modified by an
 inplace operation").  Hand ``forward`` a copy if the array must change in between.

@@ -270,6 +270,24 @@ def test_weights_with_nan_are_refused_by_name(tmp_path):
     load_model(path)   # the undamaged file loads
 
 
+def test_float64_values_too_large_for_float32_are_refused_by_name(tmp_path):
+    """1e40 is finite in the file's float64 and inf in the model's float32: it passed the
+    file's finiteness check and gave finite but wrong probabilities (off by up to 0.95)."""
+    model = tiramisu_tiny(rng=np.random.default_rng(0))
+    path = save_model(tmp_path / "m.npz", model, make_meta(32, [0.5] * 3, [0.25] * 3))
+    arrays = dict(np.load(path))
+    name = next(k for k in arrays if k.endswith("running_var"))
+    arrays[name] = arrays[name].astype(np.float64)
+    arrays[name][0] = 1e40
+    np.savez(tmp_path / "big.npz", **arrays)
+    with pytest.raises(CheckpointError, match=f"big.npz: .*'{name}' holds 1e\\+40, too "
+                                              f"large for float32"):
+        load_model(tmp_path / "big.npz")
+    arrays[name][0] = 3e38          # the largest float32 is 3.4e38: still a float32
+    np.savez(tmp_path / "fits.npz", **arrays)
+    load_model(tmp_path / "fits.npz")
+
+
 def test_negative_batch_norm_variances_are_refused_by_name(tmp_path):
     """A running variance below 0 is finite but impossible: the square root in batch norm gave
     NaN and an all-background mask without an error. It is refused, naming file and array."""

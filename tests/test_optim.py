@@ -143,7 +143,7 @@ def test_state_dict_is_a_copy():
 
 
 def test_load_state_dict_errors_leave_state_unchanged():
-    model = Tiny(np.random.default_rng(0))
+    model = Tiny(np.random.default_rng(0), np.float32)
     opt = RMSprop(model.named_parameters())
     good = opt.state_dict()
     missing = {k: v for k, v in good.items() if k != "square_avg.bias"}
@@ -166,16 +166,41 @@ def test_load_state_dict_errors_leave_state_unchanged():
                          ({"square_avg.bias": np.full(shape, np.nan)}, "finite numbers >= 0"),
                          ({"lr": 5.0, "steps": "abc"}, "'steps' is not a number"),
                          ({"lr": np.ones(2)}, "'lr' is not a number"),
-                         ({"lr": 5.0, "steps": -1}, "'steps' must be >= 0")):
+                         ({"lr": 5.0, "steps": -1}, "'steps' must be a whole number >= 0"),
+                         ({"steps": 2.5}, "'steps' must be a whole number"),    # was cut to 2
+                         ({"steps": np.inf}, "'steps' must be a whole number"),
+                         # finite in float64, inf in the float32 of the model: every step
+                         # would then divide by inf and freeze the weight, silently
+                         ({"square_avg.bias": np.full(shape, 1e300)}, "too large for float32")):
         with pytest.raises(ValueError, match=says):
             opt.load_state_dict(dict(good, **change))
     assert opt.lr == 1e-3                        # nothing applied by a failed load
     sched = ExponentialLR(opt, 0.9)
     for state, says in (({"gamma": -3, "base_lr": 0.1, "last_epoch": 0}, "gamma > 0"),
-                        ({"gamma": "x", "base_lr": 0.1, "last_epoch": 0}, "must be numbers")):
+                        ({"gamma": "x", "base_lr": 0.1, "last_epoch": 0}, "must be numbers"),
+                        ({"gamma": 0.9, "base_lr": 0.1, "last_epoch": 2.5}, "must be numbers"),
+                        ({"gamma": 0.9, "base_lr": 0.1, "last_epoch": np.inf},
+                         "must be numbers")):
         with pytest.raises(ValueError, match=says):
             sched.load_state_dict(state)
     assert sched.gamma == 0.9
+
+
+def test_read_only_and_shared_arrays_are_refused():
+    """A read-only parameter failed inside numba at the first step; one array given under two
+    names was updated twice per step, silently."""
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(6).astype(np.float32), np.zeros(6, np.float32)
+    ro = p.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="parameter 'w'.*read-only"):
+        RMSprop([("w", ro, g)])
+    with pytest.raises(ValueError, match="parameter 'a' and parameter 'b' share memory"):
+        RMSprop([("a", p, g), ("b", p, np.zeros(6, np.float32))])
+    with pytest.raises(ValueError, match="share memory"):        # a gradient inside a parameter
+        RMSprop([("a", p, p)])
+    halves = np.zeros(6, np.float32)
+    RMSprop([("a", p[:3].copy(), halves[:3]), ("b", p[3:].copy(), halves[3:])])  # side by side
 
 
 def test_zero_grad_and_generator_and_shared_memory():

@@ -35,6 +35,7 @@ from typing import Dict, Iterable, List, Tuple
 import numpy as np
 
 from .kernels.optim import rmsprop_step
+from .layers.base import fitted
 
 __all__ = ["RMSprop", "ExponentialLR"]
 
@@ -47,6 +48,15 @@ def _is_number(value) -> bool:
     """A real number, or a 0-d array of one (what ``np.load`` gives back)."""
     a = np.asarray(value)
     return a.shape == () and a.dtype.kind in "biuf"
+
+
+def _count(owner: str, name: str, value) -> int:
+    """A saved counter (``steps``, ``last_epoch``) as an int: a whole number >= 0, not a
+    float that ``int`` would cut, nor inf."""
+    v = float(np.asarray(value))
+    if not (math.isfinite(v) and v >= 0 and v == math.floor(v)):
+        raise ValueError(f"{owner}: '{name}' must be a whole number >= 0, got {value!r}")
+    return int(v)
 
 
 def _check_hyper(owner: str, lr, alpha, eps, weight_decay) -> Tuple[float, float, float, float]:
@@ -118,12 +128,17 @@ class RMSprop:
                 if not a.flags.c_contiguous:
                     raise ValueError(f"RMSprop: {what} '{name}' (shape {a.shape}) must be "
                                      f"C-contiguous to be updated in place")
+                if not a.flags.writeable:
+                    raise ValueError(f"RMSprop: {what} '{name}' (shape {a.shape}) is "
+                                     f"read-only; it is updated in place")
             if g.shape != p.shape or g.dtype != p.dtype:
                 raise ValueError(f"RMSprop: gradient of '{name}' has shape {g.shape} dtype "
                                  f"{g.dtype}, expected shape {p.shape} dtype {p.dtype}")
             self.params.append((name, p, g))
         if not self.params:
             raise ValueError("RMSprop: got an empty parameter list")
+        _refuse_overlaps([(f"parameter '{n}'", p) for n, p, _ in self.params]
+                         + [(f"gradient '{n}'", g) for n, _, g in self.params])
         self.square_avg: Dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p, _ in self.params}
         self.steps = 0
 
@@ -164,14 +179,13 @@ class RMSprop:
                 raise ValueError(f"RMSprop.load_state_dict: missing '{k}'")
         try:
             hyper = [float(np.asarray(state[k])) for k in _HYPER]
-            steps = int(np.asarray(state["steps"]))
+            float(np.asarray(state["steps"]))
         except (TypeError, ValueError):
             bad = next(k for k in _HYPER + ("steps",) if not _is_number(state[k]))
             raise ValueError(f"RMSprop.load_state_dict: '{bad}' is not a number: "
                              f"{state[bad]!r}") from None
         hyper = _check_hyper("RMSprop.load_state_dict", *hyper)
-        if steps < 0:
-            raise ValueError(f"RMSprop.load_state_dict: 'steps' must be >= 0, got {steps}")
+        steps = _count("RMSprop.load_state_dict", "steps", state["steps"])
         prefix = "square_avg."
         given = {k[len(prefix):] for k in state if k.startswith(prefix)}
         new = {}
@@ -186,7 +200,7 @@ class RMSprop:
             if v.dtype.kind not in "biuf" or not (np.all(v >= 0) and np.all(np.isfinite(v))):
                 raise ValueError(f"RMSprop.load_state_dict: square_avg '{name}' must hold "
                                  f"finite numbers >= 0 (a running average of squares)")
-            new[name] = v
+            new[name] = fitted(f"RMSprop.load_state_dict: square_avg '{name}'", v, p.dtype)
         extra = sorted(given - set(new))
         if extra:
             raise ValueError(f"RMSprop.load_state_dict: unexpected parameter '{extra[0]}'"
@@ -237,7 +251,10 @@ class ExponentialLR:
                 raise ValueError(f"ExponentialLR.load_state_dict: missing '{k}'")
         try:
             gamma, base_lr = float(np.asarray(state["gamma"])), float(np.asarray(state["base_lr"]))
-            last_epoch = int(np.asarray(state["last_epoch"]))
+            last_epoch = float(np.asarray(state["last_epoch"]))
+            if not (math.isfinite(last_epoch) and last_epoch == math.floor(last_epoch)):
+                raise ValueError
+            last_epoch = int(last_epoch)
         except (TypeError, ValueError):
             raise ValueError(f"ExponentialLR.load_state_dict: gamma, base_lr and last_epoch "
                              f"must be numbers, got {state!r}") from None
@@ -249,3 +266,14 @@ class ExponentialLR:
 
     def __repr__(self) -> str:
         return f"ExponentialLR(gamma={self.gamma:g}, last_epoch={self.last_epoch})"
+
+
+def _refuse_overlaps(arrays) -> None:
+    """``ValueError`` if two of the (C-contiguous) arrays share memory: one array given under
+    two names would be updated twice per step, a gradient inside a parameter overwritten."""
+    spans = sorted((a.__array_interface__["data"][0], a.nbytes, what) for what, a in arrays
+                   if a.nbytes)
+    for (start, size, what), (start2, _, what2) in zip(spans, spans[1:]):
+        if start2 < start + size:
+            raise ValueError(f"RMSprop: {what} and {what2} share memory (one array given "
+                             f"twice?); each parameter and gradient must be its own array")

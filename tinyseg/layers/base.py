@@ -126,6 +126,7 @@ class Layer:
             if target.dtype.kind in "iu" and (np.any(value != np.floor(value))
                                                or np.any(value < 0)):
                 raise ValueError(f"{me}: '{name}' is a count, a whole number >= 0, got {value}")
+            value = fitted(f"{me}: '{name}'", value, target.dtype)
             staged.append((target, value))
         if strict:
             extra = sorted(set(state) - set(own))
@@ -137,6 +138,24 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def fitted(what: str, value: np.ndarray, dtype) -> np.ndarray:
+    """``value`` cast to ``dtype``, or ``ValueError`` if a finite number becomes infinite on
+    the way (float64 ``1e40`` is ``inf`` in float32: a model would then compute with it
+    silently).  NaN and infinities already in ``value`` are left for the caller to judge."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and np.any(np.asarray(value) > np.iinfo(dtype).max):
+        raise ValueError(f"{what} holds {np.max(value):g}, too large for {dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = np.asarray(value).astype(dtype)
+    if dtype.kind == "f" and np.asarray(value).dtype.kind == "f":
+        lost = np.isfinite(value) & ~np.isfinite(cast)
+        if np.any(lost):
+            big = np.asarray(value)[lost].flat[0]
+            raise ValueError(f"{what} holds {big:g}, too large for {dtype} (largest "
+                             f"{np.finfo(dtype).max:g})")
+    return cast
 
 
 def _join(prefix: str, name: str) -> str:

@@ -17,6 +17,11 @@ def f(*shape, dtype=np.float32):
 
 ones2 = np.ones(2)
 
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
 BAD_CALLS = [
     # (kernel, call, words the message must contain)
     ("softmax_cross_entropy",
@@ -85,9 +90,30 @@ BAD_CALLS = [
     ("maxpool2d_backward",
      lambda: pool.maxpool2d_backward(f(1, 1, 2, 2), np.zeros((1, 1, 2, 2), np.int8),
                                      (1, 1, 6, 6), 2), "is not the 2x2 pooling"),
+    ("maxpool2d_backward",       # 8 is a position of a 3x3 window: wrote outside dx
+     lambda: pool.maxpool2d_backward(f(1, 1, 2, 2), np.full((1, 1, 2, 2), 8, np.int8),
+                                     (1, 1, 4, 4), 2), "argmax holds 8"),
+    ("maxpool2d_backward",
+     lambda: pool.maxpool2d_backward(f(1, 1, 2, 2), np.full((1, 1, 2, 2), -1, np.int8),
+                                     (1, 1, 4, 4), 2), "positions in a 2x2 window are 0 … 3"),
+    ("batchnorm2d_stats", lambda: norm.batchnorm2d_stats(f(2, 4, 3, 3), None),
+     "eps must be a finite positive number"),            # a numba TypingError before
+    ("batchnorm2d_forward", lambda: norm.batchnorm2d_forward(f(2, 4, 3, 3), f(4), f(4), -1e-5),
+     "eps must be a finite positive number"),            # NaN before, silently
     ("rmsprop_step",
      lambda: optim.rmsprop_step(np.ones(4), np.ones(2), np.zeros(2), .1, .9, 1e-8, 0.),
      "of one shape and dtype"),
+    ("rmsprop_step",
+     lambda: optim.rmsprop_step(np.ones(4), np.ones(4), np.zeros(4), "0.1", .9, 1e-8, 0.),
+     "lr must be a finite number"),
+    ("rmsprop_step",
+     lambda: optim.rmsprop_step(np.ones(4), np.ones(4), np.zeros(4), .1, 1j, 1e-8, 0.),
+     "alpha must be a finite number"),
+    ("rmsprop_step",
+     lambda: optim.rmsprop_step(_read_only(np.ones(4)), np.ones(4), np.zeros(4), .1, .9,
+                                1e-8, 0.), "must be writeable"),   # a numba TypingError before
+    ("conv2d_forward", lambda: conv.conv2d_forward(f(1, 3, 4, 4), f(2, 3, 3, 3), None, None, 1),
+     "stride must be an integer"),
     ("rmsprop_step",
      lambda: optim.rmsprop_step(np.ones(4), np.ones(4, np.float32), np.zeros(4), .1, .9, 1e-8,
                                 0.), "of one shape and dtype"),

@@ -43,8 +43,22 @@ def same_dtype(kernel: str, **arrays) -> None:
              ", ".join(f"{name} {dt}" for name, dt in given.items()))
 
 
+def number(kernel: str, name: str, value, positive: bool = False) -> float:
+    """``float(value)`` of a finite real number (not a bool, a string or an array); with
+    ``positive``, > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)) or not np.isfinite(value) \
+            or (positive and value <= 0):
+        fail(kernel, f"{name} must be a finite{' positive' if positive else ''} number, got "
+                     f"{value!r}")
+    return float(value)
+
+
 def at_least(kernel: str, name: str, value, low: int) -> int:
     """``int(value)``, which must be at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        fail(kernel, f"{name} must be an integer of at least {low}, got {value!r}")
     v = int(value)
     if v != value or v < low:
         fail(kernel, f"{name} must be an integer of at least {low}, got {value!r}")

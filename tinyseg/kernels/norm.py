@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
-from ._args import array, fail, same_dtype
+from ._args import array, fail, number, same_dtype
 from .conv import _in_parallel
 
 __all__ = ["batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
@@ -129,6 +129,7 @@ def _check(kernel, x, dout=None, empty_ok=False, **per_channel):
 def batchnorm2d_stats(x, eps):
     """``(mean, invstd)`` of each channel: μ = Σx/M, invstd = (Σ(x − μ)²/M + ε)^−½."""
     _check("batchnorm2d_stats", x)
+    eps = number("batchnorm2d_stats", "eps", eps, positive=True)   # as BatchNorm2d asks
     xc, C = _channels_of(x)
     mean = np.empty(C, dtype=x.dtype)
     invstd = np.empty(C, dtype=x.dtype)
@@ -156,6 +157,7 @@ def _batchnorm2d_normalise(x, c_, mean, invstd, weight, bias):
 def batchnorm2d_forward(x, weight, bias, eps):
     """Training-mode batch norm: ``(y, mean, invstd)``, y = γ · (x − μ) · invstd + β."""
     _check("batchnorm2d_forward", x, weight=weight, bias=bias)
+    number("batchnorm2d_forward", "eps", eps, positive=True)
     xc, C = _channels_of(x)
     mean, invstd = batchnorm2d_stats(xc[:, :C], eps)
     return _batchnorm2d_normalise(xc, C, mean, invstd, weight, bias), mean, invstd

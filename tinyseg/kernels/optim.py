@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._args import FLOATS, fail
+from ._args import FLOATS, fail, number
 
 
 def rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay):
@@ -36,7 +36,11 @@ def rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay):
              "arrays of one shape and dtype, got " +
              ", ".join(f"{getattr(a, 'shape', type(a).__name__)} {getattr(a, 'dtype', '')}"
                        for a in (param, grad, square_avg)))
-    _rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay)
+    if not (param.flags.writeable and square_avg.flags.writeable):
+        fail("rmsprop_step", "param and square_avg are updated in place: they must be "
+                             "writeable")
+    _rmsprop_step(param, grad, square_avg, *(number("rmsprop_step", name, v) for name, v in (
+        ("lr", lr), ("alpha", alpha), ("eps", eps), ("weight_decay", weight_decay))))
 
 
 @njit(cache=True, error_model="numpy")

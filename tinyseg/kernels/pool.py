@@ -34,7 +34,8 @@ def maxpool2d_forward(x, k):
 def maxpool2d_backward(dout, argmax, x_shape, k):
     """``dx`` of shape ``x_shape``: ``dx[n, c, i·k + a // k, j·k + a % k] = dout[n, c, i, j]``.
 
-    ``argmax`` as ``maxpool2d_forward`` returned it (its values are not checked again).
+    ``argmax`` as ``maxpool2d_forward`` returned it; values outside ``0 … k·k − 1`` are
+    refused (the kernel would write outside ``dx``).
     """
     kernel = "maxpool2d_backward"
     array(kernel, "dout", dout, (None,) * 4)
@@ -45,6 +46,9 @@ def maxpool2d_backward(dout, argmax, x_shape, k):
     k = _window(kernel, k, x_shape[2], x_shape[3])
     if (x_shape[2] // k, x_shape[3] // k) != dout.shape[2:]:
         fail(kernel, f"dout {dout.shape} is not the {k}x{k} pooling of x_shape {x_shape}")
+    if argmax.size and not 0 <= argmax.min() <= argmax.max() < k * k:
+        fail(kernel, f"argmax holds {argmax.min()} … {argmax.max()}, positions in a {k}x{k} "
+                     f"window are 0 … {k * k - 1}")
     return _maxpool2d_backward(dout, argmax, x_shape, k)
 
 

@@ -56,6 +56,26 @@ def test_all_ignored_gives_zero(dtype):
         assert loss == 0.0 and d.dtype == dtype and not d.any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ignored_pixels_are_left_out_whatever_their_logits(dtype):
+    """NaN and inf logits at ignored pixels change nothing: the reference weighted them by 0
+    and got 0 · NaN = NaN where the kernel (and PyTorch) leave them out."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 3, 4, 4)).astype(dtype)
+    target = rng.integers(0, 3, (2, 4, 4))
+    target[0, 1, 2] = target[1, 3, 0] = 255
+    clean = [fn(logits, target, np.ones(3), 255)
+             for fn in (kernels.softmax_cross_entropy, reference.softmax_cross_entropy)]
+    logits[0, :, 1, 2] = np.nan
+    logits[1, 1, 3, 0] = np.inf
+    for fn, (loss0, d0) in zip((kernels.softmax_cross_entropy,
+                                reference.softmax_cross_entropy), clean):
+        with np.errstate(invalid="ignore"):     # the reference's inf − inf, left out after
+            loss, d = fn(logits, target, np.ones(3), 255)
+        assert loss == loss0
+        np.testing.assert_array_equal(d, d0)
+
+
 def test_known_value_uniform_logits():
     # equal logits: p = 1/K everywhere, loss = log K; dlogits = (1/K − [k==t]) / (N·H·W)
     K, N, H, W = 4, 2, 3, 5

@@ -63,9 +63,11 @@ def softmax_cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.nda
     # ℓ_i = log s_i + m_i − x_{i, t_i}
     x_t = np.take_along_axis(x, t[:, None], axis=1)[:, 0]
     nll = np.log(s[:, 0]) + m[:, 0] - x_t            # (N, H, W)
-    loss = float(np.sum(w * nll) / w_sum)
+    # an ignored pixel is left out, not weighted by 0: its logits may be anything (0 · NaN
+    # is NaN), as in the kernel and in PyTorch
+    loss = float(np.sum(np.where(valid, w * nll, 0.0)) / w_sum)
 
-    # (w_i / w_sum) (p_{i,k} − [k == t_i])
+    # (w_i / w_sum) (p_{i,k} − [k == t_i]), 0 at ignored pixels
     onehot = np.arange(K)[None, :, None, None] == t[:, None]
-    dlogits[...] = (w / w_sum)[:, None] * (p - onehot)
+    dlogits[...] = np.where(valid[:, None], (w / w_sum)[:, None] * (p - onehot), 0.0)
     return loss, dlogits

@@ -675,10 +675,14 @@ def _rewrite(src, dst, **changes):
     return dst
 
 
-@pytest.mark.parametrize("entry", ["version", "format", "config", "members"])
+@pytest.mark.parametrize("entry", ["version", "format", "format 1.7", "config", "members",
+                                   "members 1e9", "members inf", "members 2.7", "meta list",
+                                   "info string"])
 def test_damaged_entries_are_checkpoint_errors(tmp_path, entry):
-    """A damaged version, member format, member config or member count names the file in a
-    CheckpointError (the commands' one-line error), not a ValueError or JSON traceback."""
+    """A damaged version, member format, member config, member count or metadata names the
+    file in a CheckpointError (the commands' one-line error), not a ValueError or JSON
+    traceback; a count of 1e9 members built a billion names first (22 GB, killed), 2.7 was
+    cut to 2, a format of 1.7 read as 1."""
     member = save_model(tmp_path / "member.npz", nets(1)[0], make_meta(32, [0.5] * 3, [0.25] * 3))
     ens = save_ensemble(tmp_path / "ens.npz", [member])
     bad = tmp_path / "bad.npz"
@@ -687,10 +691,18 @@ def test_damaged_entries_are_checkpoint_errors(tmp_path, entry):
         _rewrite(member, bad, __meta__=np.array(json.dumps({**meta, "checkpoint_version": "x"})))
     elif entry == "format":
         _rewrite(ens, bad, **{"member0/__format__": np.array("x")})
+    elif entry == "format 1.7":
+        _rewrite(ens, bad, **{"member0/__format__": np.array(1.7)})
     elif entry == "config":
         _rewrite(ens, bad, **{"member0/__config__": np.array("{")})
+    elif entry == "meta list":
+        _rewrite(ens, bad, __meta__=np.array("[1, 2]"))
+    elif entry == "info string":
+        _rewrite(ens, bad, __ensemble__=np.array('"two"'))
     else:
-        _rewrite(ens, bad, __ensemble__=np.array(json.dumps({"members": 0})))
+        count = {"members": 0, "members 1e9": 10 ** 9, "members inf": float("inf"),
+                 "members 2.7": 2.7}[entry]
+        _rewrite(ens, bad, __ensemble__=np.array(json.dumps({"members": count})))
     with pytest.raises(CheckpointError, match=str(bad)):
         load_model(bad)
 

@@ -180,9 +180,14 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
     try:
         info = json.loads(str(data.pop(ENSEMBLE)))
         meta = json.loads(str(data.pop(_META))) if _META in data else {}
-        k_members = int(info["members"])
-        if k_members < 1:
-            raise ValueError(f"{k_members} members")
+        if not isinstance(info, dict) or not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        k_members = info["members"]
+        # a whole number, and no more members than the file has entries for (two each): a
+        # damaged count must not make us build a list of a billion names
+        if isinstance(k_members, bool) or not isinstance(k_members, int) \
+                or not 1 <= k_members <= len(data) // 2:
+            raise ValueError(f"{k_members!r} members")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged ensemble entry ({e})") from None
     expected = {f"member{k}/" for k in range(k_members)}
@@ -198,7 +203,9 @@ def load_ensemble(path: PathLike) -> Tuple[Ensemble, dict, dict]:
         if "__format__" not in part or "__config__" not in part:
             raise CheckpointError(f"{path}: member {k} of {k_members} is missing")
         try:
-            version = int(part.pop("__format__"))
+            version = part.pop("__format__")
+            if version.shape != () or version.dtype.kind not in "iu":   # as a single file
+                raise ValueError(f"__format__ {version!r}")
             config = json.loads(str(part.pop("__config__")))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: member {k} has a damaged __format__ or __config__ "

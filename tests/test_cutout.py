@@ -265,6 +265,12 @@ def test_prediction_helpers_name_bad_arguments():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             predict_probabilities(model, x, batch_size=bad)
+    with pytest.raises(ValueError, match=r"expected an \(N, 3, S, S\) array, got list"):
+        predict_probabilities(model, x.tolist())           # an AttributeError before
+    x[1, 0, 3, 3] = np.nan     # blamed the weights ("its weights are damaged") before
+    with pytest.raises(ValueError, match="the input holds NaN or infinite values "
+                                         r"\(image 1 of 2\)"):
+        predict_probabilities(model, x)
     for logits in (np.zeros((2, 4, 4)), np.zeros((1, 1, 4, 4))):
         with pytest.raises(ValueError, match="softmax_person: expected .* K >= 2"):
             softmax_person(logits)

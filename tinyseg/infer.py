@@ -77,6 +77,13 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 16,
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"predict_probabilities: batch_size must be a positive integer, "
                          f"got {batch_size!r}")
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError(f"predict_probabilities: expected an (N, 3, S, S) array, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):     # not the weights' fault
+        bad = int(np.argmax(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        raise ValueError(f"predict_probabilities: the input holds NaN or infinite values "
+                         f"(image {bad} of {len(x)})")
     was_training = getattr(model, "training", False)
     model.eval()
     try:

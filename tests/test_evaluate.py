@@ -171,7 +171,8 @@ def test_command_outputs(setup, tmp_path, capsys):
 def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monkeypatch,
                                                            capsys, marker):
     """Without --out: RUN/eval-<split> for a single run (config.json) or an ensemble run
-    (ensemble.json), ./eval-<split> for a checkpoint anywhere else."""
+    (ensemble.json), ./eval-<split> for a checkpoint anywhere else; one filter, --limit,
+    --flip, --size and another checkpoint name each get their own folder."""
     import shutil
     root, cache, ckpt = setup
     run = tmp_path / "run"
@@ -186,9 +187,9 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
         "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
         "--split", "val", "--worst", "0", "--filter", "default", "--json"]) == 0
     capsys.readouterr()
-    expected = (run if marker else here) / "eval-val" / "results.json"
+    expected = (run if marker else here) / "eval-val-default" / "results.json"
     assert expected.is_file()
-    assert not ((here if marker else run) / "eval-val").exists()
+    assert not ((here if marker else run) / "eval-val-default").exists()
     # last.npz beside it gets its own folder: best.npz's results stay (were overwritten)
     before = expected.read_bytes()
     shutil.copy(ckpt, run / "last.npz")
@@ -196,7 +197,7 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
         "--checkpoint", str(run / "last.npz"), "--data", str(root), "--cache", str(cache),
         "--split", "val", "--worst", "0", "--filter", "wide", "--json"]) == 0
     capsys.readouterr()
-    assert ((run if marker else here) / "eval-val-last" / "results.json").is_file()
+    assert ((run if marker else here) / "eval-val-last-wide" / "results.json").is_file()
     assert expected.read_bytes() == before
     # so do --flip and another --size (they overwrote the plain scoring's results too)
     assert run_main(main, "tinyseg.evaluate", [
@@ -204,8 +205,26 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
         "--split", "val", "--worst", "0", "--filter", "wide", "--json", "--flip",
         "--size", "24"]) == 0
     capsys.readouterr()
-    assert ((run if marker else here) / "eval-val-24px-flip" / "results.json").is_file()
+    assert ((run if marker else here) / "eval-val-24px-flip-wide" / "results.json").is_file()
     assert expected.read_bytes() == before
+    # and --limit (it replaced the whole split's scores with those of its first images)
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
+        "--split", "val", "--worst", "0", "--filter", "default", "--json", "--limit", "2"]) == 0
+    capsys.readouterr()
+    limited = (run if marker else here) / "eval-val-default-first2" / "results.json"
+    assert json.loads(limited.read_text())["filters"]["default"]["images"] == 2
+    assert expected.read_bytes() == before
+    if marker is None:  # another best.npz outside a run: its scores would go to the same folder
+        other = tmp_path / "other"
+        other.mkdir()
+        shutil.copy(ckpt, other / "best.npz")
+        assert run_main(main, "tinyseg.evaluate", [
+            "--checkpoint", str(other / "best.npz"), "--data", str(root), "--cache",
+            str(cache), "--split", "val", "--worst", "0", "--filter", "default"]) == 1
+        err = capsys.readouterr().err
+        assert f"eval-val-default holds the scores of {run / 'best.npz'}" in err
+        assert "give --out DIR" in err and expected.read_bytes() == before
 
 
 def test_command_errors(setup, tmp_path, capsys, monkeypatch):

@@ -207,6 +207,9 @@ def histogram_text(dist: dict, width: int = 40) -> str:
 # ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
+DEFAULT_FILTERS = ["default", "wide"]     # scored unless --filter says otherwise
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.coco import FILTER_PRESETS, SPLITS
 
@@ -224,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", metavar="DIR", default=None, type=data_dir,
       help="COCO data root (default: $TINYSEG_DATA)")
     a("--split", choices=list(SPLITS), default="test", help="which split to score")
-    a("--filter", choices=list(FILTER_PRESETS), nargs="+", default=["default", "wide"],
+    a("--filter", choices=list(FILTER_PRESETS), nargs="+", default=list(DEFAULT_FILTERS),
       help="image filter(s), each scored on its own: 'default' = the original's 1-2 "
            "persons covering 20-70 %%, 'wide' = 5-90 %% (default: default wide)")
     a("--size", type=int, metavar="S", default=None,
@@ -239,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="where results.json and the pictures go (default: <run dir>/eval-<split> for a "
            "checkpoint inside a run directory, one with a config.json or an ensemble.json; "
            "else ./eval-<split>; with -<name> for a checkpoint not named best.npz, -<S>px for "
-           "another --size and -flip for --flip, so that one scoring never overwrites "
-           "another's)")
+           "another --size, -flip for --flip, -<filter> for other filters than both and "
+           "-first<N> for --limit, so that one scoring never overwrites another's; a folder "
+           "holding another checkpoint's scores is refused)")
     a("--limit", type=int, metavar="N", default=None,
       help="score only the first N images of each split (default: all)")
     a("--batch-size", type=int, metavar="N", default=16, help="images per forward pass")
@@ -310,10 +314,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         out = Path(args.out)
     else:
+        filters = list(dict.fromkeys(args.filter))
         name = (f"eval-{args.split}" + ("" if ckpt.name == "best.npz" else f"-{ckpt.stem}")
-                + ("" if size == info["size"] else f"-{size}px") + ("-flip" if args.flip else ""))
+                + ("" if size == info["size"] else f"-{size}px") + ("-flip" if args.flip else "")
+                + ("" if filters == DEFAULT_FILTERS else "-" + "-".join(filters))
+                + ("" if args.limit is None else f"-first{args.limit}"))
         in_run = any((ckpt.parent / f).is_file() for f in ("config.json", "ensemble.json"))
         out = ckpt.parent / name if in_run else Path(name)
+        scored = _scored_checkpoint(out / "results.json")
+        if scored is not None and Path(scored).resolve() != ckpt.resolve():
+            raise UserError(f"{out} holds the scores of {scored}; give --out DIR for those of "
+                            f"{ckpt}")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (the results go in a folder: "
                         f"results.json and the worst pictures)")
@@ -381,6 +392,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  picture of the {min(args.worst, r['images'])} worst: {r['worst_picture']}")
     print(f"\nresults: {out / 'results.json'}")
     return 0
+
+
+def _scored_checkpoint(results: Path) -> Optional[str]:
+    """The checkpoint whose scores ``results`` holds (``None``: no file, or not ours)."""
+    try:
+        scored = json.loads(results.read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return scored if isinstance(scored, str) else None
 
 
 def _num(v: float):

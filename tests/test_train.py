@@ -485,6 +485,14 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
     assert run_main(main, "tinyseg.train", ["--resume", str(out), "--augment", "--tiny",
                                             "--cache", str(cache), "--quiet"]) == 0
     assert "nothing to train" in capsys.readouterr().out
+    # fewer --epochs than done: refused, config.json untouched (it was rewritten to say
+    # "epochs": 1 and "--epochs 1" while the log and checkpoints held 2)
+    before = (out / "config.json").read_bytes()
+    assert run_main(main, "tinyseg.train", ["--resume", str(out), "--epochs", "1",
+                                            "--cache", str(cache), "--quiet"]) == 1
+    assert "has already done 2 epochs: --epochs 1 cannot shorten it" in \
+        capsys.readouterr().err
+    assert (out / "config.json").read_bytes() == before
 
 
 def test_ctrl_c_during_the_test_report_and_resume_writes_it(data, tmp_path, capsys,

@@ -759,6 +759,9 @@ class Trainer:
             trainer.load_state(run_dir / "last.npz")
         except (CheckpointError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{run_dir / 'last.npz'}: cannot resume from it ({e})") from None
+        if epochs is not None and cfg.epochs < trainer.epoch:   # config.json would then lie
+            raise UserError(f"{run_dir} has already done {trainer.epoch} epochs: --epochs "
+                            f"{cfg.epochs} cannot shorten it (give at least {trainer.epoch})")
         trainer.history = _read_log(trainer.log_path, trainer.epoch)
         # config.json says what the finished run will be: a longer run (more --epochs) is
         # exactly the run that was started with that many (the schedule is per epoch)
@@ -984,9 +987,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="run directory, holding none of a run's files (default: "
            "runs/<preset>-<date>-<time>)")
     a("--resume", metavar="RUN_DIR", default=None,
-      help="continue the run in RUN_DIR from its last.npz (its config is used; only --epochs, "
-           "--data, --threads, --max-minutes, --cache, --no-test and --quiet may be given "
-           "too; an ensemble run also takes --jobs, and refuses --epochs and --max-minutes)")
+      help="continue the run in RUN_DIR from its last.npz (its config is used; only --epochs "
+           "(at least the epochs done), --data, --threads, --max-minutes, --cache, --no-test "
+           "and --quiet may be given too, and any other flag only with its saved value; an "
+           "ensemble run also takes --jobs, and refuses --epochs and --max-minutes)")
     a("--model", choices=list(MODEL_PRESETS), default=None,
       help=f"network preset (default: the preset's: {_preset_values('model')})")
     a("--model-overrides", metavar="JSON", default=None,

@@ -118,25 +118,41 @@ def test_user_errors_are_one_line(root, tmp_path, capsys, monkeypatch):
 
 
 def test_bad_flags_exit_2(root, capsys):
-    for args in (["info", "--min-coverage", "2"], ["info", "--max-persons", "x"],
-                 ["info", "--size", "0"], ["frobnicate"], [],
-                 ["info", "--min-coverage", "0.8", "--max-coverage", "0.5"],
+    """Flags that do not parse: argparse's usage line and exit 2."""
+    for args in (["info", "--max-persons", "x"], ["frobnicate"], [],
                  ["show", "--split", "training"], ["download"],
-                 # were tracebacks, or a silent fall-back to the real COCO server
-                 ["download", "--root", "x", "--timeout", "nan"],
-                 ["download", "--root", "x", "--timeout", "-5"],
-                 ["download", "--root", "x", "--annotations-url", ""],
-                 ["download", "--root", "x", "--annotations-url", "notaurl"],
-                 # numpy's traceback for a negative seed; load_split's for a side over 1024
-                 ["show", "--seed", "-5"], ["bench", "--seed", "-5"],
-                 ["bench", "--size", "2000"],
                  # an empty --data quietly meant $TINYSEG_DATA
                  ["info", "--data", ""]):
         with pytest.raises(SystemExit) as e:
             main(["--data", str(root)] if not args else args)
         assert e.value.code == 2, args
-    err = capsys.readouterr().err
-    assert "max_coverage" in err or "min_coverage" in err
+    assert "usage: " in capsys.readouterr().err
+
+
+def test_values_that_parse_but_cannot_work_exit_1(root, capsys):
+    """A value that parses but cannot work is a user error, exit 1 and one line, as in the
+    other commands (the README's rule; these were exit 2 with a usage line)."""
+    for args, says in (
+            (["info", "--min-coverage", "2"], "argument --min-coverage: must be a fraction"),
+            (["info", "--size", "0"], "argument --size: must be >= 1, got 0"),
+            (["show", "--n", "0"], "argument --n: must be >= 1"),
+            (["info", "--min-coverage", "0.8", "--max-coverage", "0.5"], "max_coverage"),
+            # were tracebacks, or a silent fall-back to the real COCO server
+            (["download", "--root", "x", "--timeout", "nan"], "argument --timeout: must be a"),
+            (["download", "--root", "x", "--timeout", "-5"], "argument --timeout: must be a"),
+            (["download", "--root", "x", "--annotations-url", ""],
+             "argument --annotations-url: not an http(s):// or file:// URL"),
+            (["download", "--root", "x", "--annotations-url", "notaurl"], "notaurl"),
+            # numpy's traceback for a negative seed; load_split's for a side over 1024
+            (["show", "--seed", "-5"], "argument --seed: must be >= 0"),
+            (["bench", "--seed", "-5"], "argument --seed: must be >= 0"),
+            (["bench", "--size", "2000"], "argument --size: must be at most 1024"),
+            (["bench", "--batches", "0"], "argument --batches: must be >= 1")):
+        data = [] if args[0] == "download" else ["--data", str(root)]   # download: --root
+        assert main(args + data) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"tinyseg.data {args[0]}: error: ") and says in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "usage" not in err, err
 
 
 def test_help_states_every_default():
@@ -247,18 +263,15 @@ def test_show_augment_n_counts_tiles_one_sample_per_row(root, tmp_path, capsys):
     assert a.shape[1] > 4 * 32      # four tiles per row whatever --cols says
 
 
-def test_a_filter_error_shows_the_subcommands_usage(root, capsys):
+def test_a_filter_error_names_the_subcommand(root, capsys):
     """``--min-coverage 0.8 --max-coverage 0.5`` printed the top-level usage line
-    (``python -m tinyseg.data [-h] COMMAND ...``), where argparse's own flag errors show the
-    subcommand's."""
+    (``python -m tinyseg.data [-h] COMMAND ...``) and exit 2; now one line naming the
+    subcommand, exit 1."""
     for command in ("info", "show", "bench"):
-        with pytest.raises(SystemExit) as e:
-            main([command, "--data", str(root), "--min-coverage", "0.8", "--max-coverage",
-                  "0.5"])
+        assert main([command, "--data", str(root), "--min-coverage", "0.8", "--max-coverage",
+                     "0.5"]) == 1
         err = capsys.readouterr().err
-        assert e.value.code == 2
-        assert err.startswith(f"usage: python -m tinyseg.data {command} "), err
-        assert f"tinyseg.data {command}: error: " in err and "coverage" in err
+        assert err.startswith(f"tinyseg.data {command}: error: ") and "coverage" in err, err
 
 
 def test_info_says_when_the_cache_folder_is_a_file(root, tmp_path, capsys):

@@ -37,14 +37,19 @@ PROG = "tinyseg.data"
 _UNSET = object()  # --max-persons not given (None means "no limit")
 
 
+class _Invalid(str):
+    """What a flag's type function returns for a value that parses but cannot work (``--size
+    0``): ``main`` reports it as a user error, exit 1, as the other commands do; argparse's
+    own errors (a word where a number goes, an unknown flag) stay exit 2."""
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1] (or a percentage), "
-                                         f"got {text!r}")
+        return _Invalid(f"must be a fraction in [0, 1] (or a percentage), got {text!r}")
     return v
 
 
@@ -56,7 +61,7 @@ def _count_or_none(text: str) -> Optional[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+        return _Invalid(f"must be >= 1, got {v}")
     return v
 
 
@@ -66,13 +71,13 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+        return _Invalid(f"must be a finite number of seconds > 0, got {text}")
     return v
 
 
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://", "file://")):
-        raise argparse.ArgumentTypeError(f"not an http(s):// or file:// URL: {text!r}")
+        return _Invalid(f"not an http(s):// or file:// URL: {text!r}")
     return text
 
 
@@ -82,7 +87,7 @@ def _integer(text: str, low: int, why: str = "") -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < low:
-        raise argparse.ArgumentTypeError(f"must be >= {low}{why}, got {v}")
+        return _Invalid(f"must be >= {low}{why}, got {v}")
     return v
 
 
@@ -96,8 +101,8 @@ def _seed(text: str) -> int:
 
 def _side(text: str) -> int:
     v = _positive(text)
-    if v > MAX_SIZE:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIZE}, got {v}")
+    if not isinstance(v, _Invalid) and v > MAX_SIZE:
+        return _Invalid(f"must be at most {MAX_SIZE}, got {v}")
     return v
 
 
@@ -219,11 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="time without augmentation (default: with)")
     p.add_argument("--seed", type=_seed, default=0, help="seed (default: %(default)s)")
-    parser.subcommands = dict(sub.choices)    # type: ignore[attr-defined]
     return parser
 
 
-def filters_from(args, parser: argparse.ArgumentParser) -> FilterConfig:
+def checked(args) -> None:
+    """``DataError`` naming the first flag whose value parsed but cannot work."""
+    for dest, value in vars(args).items():
+        if isinstance(value, _Invalid):
+            raise DataError(f"argument --{dest.replace('_', '-')}: {value}")
+
+
+def filters_from(args) -> FilterConfig:
     """The preset, with every filter flag that was given put in."""
     changes = {k: getattr(args, k) for k in ("category", "min_persons", "min_coverage",
                                               "max_coverage", "exclude_crowd")
@@ -232,8 +243,8 @@ def filters_from(args, parser: argparse.ArgumentParser) -> FilterConfig:
         changes["max_persons"] = args.max_persons
     try:
         return dataclasses.replace(FILTER_PRESETS[args.preset], **changes)
-    except ValueError as e:   # the usage line and the error of the subcommand, as argparse's
-        parser.subcommands[args.command].error(str(e).replace("FilterConfig: ", ""))
+    except ValueError as e:     # --min-coverage 0.8 --max-coverage 0.5: a user error, exit 1
+        raise DataError(str(e).replace("FilterConfig: ", "")) from None
 
 
 def _say(text: str = "") -> None:
@@ -414,8 +425,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    filters = filters_from(args, parser)
     try:
+        checked(args)
+        filters = filters_from(args)
         with plain_warnings(f"{PROG} {args.command}"):
             return COMMANDS[args.command](args, filters)
     except DataError as e:

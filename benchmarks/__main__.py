@@ -2,5 +2,6 @@
 import sys
 
 from benchmarks.run import main
+from tinyseg.cli import run_main
 
-sys.exit(main())
+sys.exit(run_main(main, "benchmarks"))

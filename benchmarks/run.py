@@ -1346,7 +1346,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Check and time tinyseg's kernels and training step against the NumPy "
-                    "references and PyTorch, on the shapes the Tiramisu presets run.")
+                    "references and PyTorch, on the shapes the Tiramisu presets run.",
+        epilog="Exit codes: 0 done, 1 error (message on stderr), 2 bad flags.")
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="thread counts to run, each in fresh processes (default: 1 2; "
                         "--quick: 1)")
@@ -1401,16 +1402,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         given = getattr(a, flag)
         values = given if isinstance(given, list) else [given]
         if any(v is not None and v < 1 for v in values):
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {given}")
+            _refuse(f"--{flag.replace('_', '-')} must be at least 1, got {given}")
     if not a.model_budget > 0:
-        p.error(f"--model-budget must be a number of seconds > 0, got {a.model_budget}")
+        _refuse(f"--model-budget must be a number of seconds > 0, got {a.model_budget}")
     if Path(a.out).exists() and not Path(a.out).is_dir():
-        p.error(f"--out {a.out}: exists and is not a directory")
+        _refuse(f"--out {a.out}: exists and is not a directory")
     blocked = next((q for q in Path(a.out).parents if q.exists() and not q.is_dir()), None)
     if blocked is not None:
-        p.error(f"--out {a.out}: {blocked} is a file, not a directory")
+        _refuse(f"--out {a.out}: {blocked} is a file, not a directory")
     if not a.max_seconds > 0:
-        p.error(f"--max-seconds must be a number of seconds > 0, got {a.max_seconds}")
+        _refuse(f"--max-seconds must be a number of seconds > 0, got {a.max_seconds}")
     q = a.quick
     a.threads = a.threads or ([1] if q else [1, 2])
     a.parts = a.parts or (["kernels", "models"] if q else ["kernels", "models", "compile"])
@@ -1424,8 +1425,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a.profile = not a.no_profile
     a.name = a.name or ("quick" if q else "latest")
     if any(t < 1 for t in a.threads) or (a.blas_threads is not None and a.blas_threads < 1):
-        p.error("--threads and --blas-threads must be at least 1")
+        _refuse("--threads and --blas-threads must be at least 1")
     return a
+
+
+def _refuse(message: str) -> None:
+    """A flag value that parses but cannot work: one line and exit 1 (``run_main``), as in
+    tinyseg's commands; argparse's own errors stay exit 2."""
+    from tinyseg.cli import UserError
+    raise UserError(message)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1478,7 +1486,7 @@ def run(opts: argparse.Namespace, argv: Sequence[str]) -> int:
             if not any(s in op for s in opts.ops for op in names):
                 print(f"python -m benchmarks: error: no op name contains any of {opts.ops} "
                       f"(ops: {', '.join(names)})", file=sys.stderr)
-                return 2
+                return 1
     for threads in opts.threads:
         if "kernels" in opts.parts:
             _say(f"kernels, {threads} thread(s)", opts.quiet)

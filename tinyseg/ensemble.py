@@ -229,7 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tinyseg.ensemble", formatter_class=HelpFormatter,
         description="Join model checkpoints (each a run's best.npz) into one ensemble file; "
-                    "evaluate and cutout average the members' probabilities.")
+                    "evaluate and cutout average the members' probabilities.",
+        epilog="Exit codes: 0 done, 1 error (message on stderr), 2 bad flags.")
     parser.add_argument("out", metavar="OUT.npz", help="the ensemble file to write")
     parser.add_argument("members", metavar="MEMBER.npz", nargs="+",
                         help="checkpoints trained on the same data (same size, mean, std)")

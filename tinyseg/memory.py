@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         prog="python -m tinyseg.memory",
         description="Measure the peak memory (tracemalloc: every NumPy/numba array) of one "
                     "Tiramisu training step (forward + backward) with the naive and the "
-                    "shared-buffer dense blocks.")
+                    "shared-buffer dense blocks.",
+        epilog="Exit codes: 0 done, 1 error (message on stderr), 2 bad flags.")
     p.add_argument("--model", choices=list(PRESETS), default="fc_densenet56",
                    help="model preset (default: %(default)s)")
     p.add_argument("--size", type=int, default=224, help="image height = width (default: 224)")

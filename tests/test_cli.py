@@ -150,3 +150,17 @@ def test_an_empty_data_flag_is_refused_by_every_command(capsys, monkeypatch):
             main(["--data", ""])
         assert e.value.code == 2
         assert "argument --data: is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", ""])
+def test_a_bad_blas_threads_variable_is_a_warning_not_a_traceback(value):
+    """``TINYSEG_BLAS_THREADS=abc`` raised a ValueError at import, before any command could
+    catch it; now a warning naming the value, and one BLAS thread."""
+    import subprocess
+    import sys
+    code = "import tinyseg; from tinyseg.cli import blas_threads; print(blas_threads())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TINYSEG_BLAS_THREADS": value}, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"TINYSEG_BLAS_THREADS={value!r} is not a positive integer; using 1" in proc.stderr
+    assert proc.stdout.strip() in ("1", "None")      # None: no OpenBLAS found to ask

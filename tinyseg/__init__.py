@@ -36,7 +36,13 @@ from .cli import set_threads, _set_blas_threads
 # spin-waiting thread pools fight over the cores, and tinyseg's many medium-sized matrix
 # products gain little from BLAS threads (measurements in tinyseg/cli.py, "Threads").
 # This changes the process's OpenBLAS setting; set TINYSEG_BLAS_THREADS to keep yours.
-_set_blas_threads(int(_os.environ.get("TINYSEG_BLAS_THREADS", "1")))
+_blas = _os.environ.get("TINYSEG_BLAS_THREADS", "1").strip()
+if not (_blas.isdigit() and int(_blas) >= 1):   # a traceback at import before
+    import warnings as _warnings
+    _warnings.warn(f"TINYSEG_BLAS_THREADS={_blas!r} is not a positive integer; using 1",
+                   stacklevel=2)
+    _blas = "1"
+_set_blas_threads(int(_blas))
 
 __all__ = [
     "Layer", "Conv2d", "ConvTranspose2d", "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d",

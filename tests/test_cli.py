@@ -2,6 +2,7 @@
 import os
 import errno
 
+import numpy as np
 import pytest
 
 from tinyseg.cli import UserError, run_main
@@ -164,3 +165,21 @@ def test_a_bad_blas_threads_variable_is_a_warning_not_a_traceback(value):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert f"TINYSEG_BLAS_THREADS={value!r} is not a positive integer; using 1" in proc.stderr
     assert proc.stdout.strip() in ("1", "None")      # None: no OpenBLAS found to ask
+
+
+def test_a_file_system_that_refuses_the_temporary_file_is_named_by_the_target(tmp_path,
+                                                                               monkeypatch):
+    """On a read-only file system the error named the random temporary file
+    (``w.npz.kjc6_hpe.tmp``), not the file the user asked for."""
+    import tempfile
+    from tinyseg.io import atomic_save_npz, atomic_write_bytes
+
+    def refuse(prefix, suffix, dir):
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, prefix + "x1y2" +
+                                                                          suffix))
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    for write in (lambda p: atomic_save_npz(p, {"a": np.zeros(1)}),
+                  lambda p: atomic_write_bytes(p, b"x")):
+        with pytest.raises(OSError) as e:
+            write(tmp_path / "w.npz")
+        assert e.value.errno == errno.EROFS and e.value.filename == str(tmp_path / "w.npz")

@@ -14,7 +14,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -49,10 +49,19 @@ def writable_path(path: PathLike) -> Path:
     return path
 
 
+def temporary_beside(path: Path) -> Tuple[int, str]:
+    """``(fd, name)`` of a new temporary file in ``path``'s folder; an error names ``path``
+    (a read-only file system named the random temporary name instead)."""
+    try:
+        return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(path)) from None
+
+
 def atomic_save_npz(path: PathLike, arrays: Dict[str, np.ndarray], compressed: bool = True) -> Path:
     """Write ``arrays`` to ``path`` (an ``.npz``) via a temporary file and a rename."""
     path = writable_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compressed else np.savez)(f, **arrays)
@@ -91,7 +100,7 @@ def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
     path = writable_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

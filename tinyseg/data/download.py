@@ -23,7 +23,6 @@ import http.client
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import urllib.error
@@ -37,7 +36,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from ..io import writable_path
+from ..io import temporary_beside, writable_path
 from .coco import FilterConfig, filter_images, load_coco
 from .errors import DataError, list_some
 from .progress import Progress
@@ -199,7 +198,7 @@ def extract_member(archive: Path, member: str, dest: Path) -> Path:
         if dest.is_file() and dest.stat().st_size == info.file_size:
             return dest
         writable_path(dest)       # its folder made; a read-only file there is not replaced
-        fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
+        fd, tmp = temporary_beside(dest)
         try:
             with os.fdopen(fd, "wb") as out, z.open(info) as src:
                 shutil.copyfileobj(src, out, CHUNK)

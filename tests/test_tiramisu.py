@@ -611,6 +611,45 @@ def _rewrite(path, out, change):
     return out
 
 
+def test_from_file_names_the_file_of_a_configuration_that_builds_nothing(tmp_path):
+    """An unknown key or a layers entry that is not numbers gave a bare TypeError/ValueError
+    from the constructor, without the file's name."""
+    path = tiny(np.float32).save(tmp_path / "m.npz")
+
+    def config(change):
+        def edit(d):
+            c = json.loads(str(d["__config__"]))
+            c.update(change)
+            d["__config__"] = np.array(json.dumps(c))
+        return edit
+
+    for i, change in enumerate(({"model": "unet"}, {"layers": "abc"})):
+        bad = _rewrite(path, tmp_path / f"c{i}.npz", config(change))
+        with pytest.raises(ValueError, match=f"Tiramisu.from_file: {bad}: its configuration "
+                                             f"does not build a Tiramisu"):
+            Tiramisu.from_file(bad)
+
+
+@pytest.mark.parametrize("value, says", [(np.nan, "holds NaN or infinite values"),
+                                         (-1.0, "holds negative values")])
+def test_load_refuses_weights_no_run_can_write(tmp_path, value, says):
+    """``Tiramisu.load`` took NaN weights and negative running variances (only the commands'
+    checkpoint loader refused them): NaN outputs, or a mask of all background."""
+    model = tiny(np.float32)
+    path = model.save(tmp_path / "m.npz")
+    name = "down_blocks.0.layers.0.norm.running_var"
+
+    def damage(d):
+        d[name] = d[name].copy()
+        d[name][0] = value
+
+    bad = _rewrite(path, tmp_path / "bad.npz", damage)
+    with pytest.raises(ValueError, match=f"Tiramisu.load: {bad}: '{name}' {says}"):
+        tiny(np.float32).load(bad)
+    with pytest.raises(ValueError, match=says):
+        Tiramisu.from_file(bad)
+
+
 def test_load_refuses_wrong_arrays_naming_the_first(tmp_path):
     model = tiny(np.float32)
     path = model.save(tmp_path / "m.npz")

@@ -39,7 +39,7 @@ import numpy as np
 from .data.batches import checked_statistics
 from .data.images import MAX_SIZE
 from .io import atomic_save_npz
-from .tiramisu import Tiramisu
+from .tiramisu import Tiramisu, damaged_weights
 
 PathLike = Union[str, os.PathLike]
 
@@ -180,13 +180,9 @@ def build_model(config: dict, state: Dict[str, np.ndarray], path: PathLike = "",
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the weights do not fit the stored configuration "
                               f"({e})") from None
-    for name, v in state.items():
-        if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
-            raise CheckpointError(f"{path}: '{name}' holds NaN or infinite values (a damaged "
-                                  f"file, or weights from a run that diverged)")
-        if name.endswith("running_var") and np.any(v < 0):
-            raise CheckpointError(f"{path}: '{name}' holds negative values (a variance is at "
-                                  f"least 0: a damaged file)")
+    damage = damaged_weights(state)
+    if damage:
+        raise CheckpointError(f"{path}: {damage}")
     return model
 
 

@@ -495,6 +495,20 @@ class DenseBlock(Layer):
 # Transition up
 # ---------------------------------------------------------------------------------------------
 
+def damaged_weights(state: Dict[str, np.ndarray]) -> Optional[str]:
+    """What is wrong with weights no training run can write (``None``: nothing): NaN or
+    infinite values, or a negative batch-norm running variance (its square root in batch
+    norm gives NaN, and a mask of all background without an error)."""
+    for name, v in state.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            return (f"'{name}' holds NaN or infinite values (a damaged file, or weights from a "
+                    f"run that diverged)")
+        if name.endswith("running_var") and v.dtype.kind in "iuf" and np.any(v < 0):
+            return f"'{name}' holds negative values (a variance is at least 0: a damaged file)"
+    return None
+
+
 def centre_crop_offsets(size: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, int]:
     """``(top, left)`` of the centred ``target`` window inside ``size``: ``(S − T) // 2``."""
     return (size[0] - target[0]) // 2, (size[1] - target[1]) // 2
@@ -882,6 +896,9 @@ class Tiramisu(Layer):
         if extra:
             raise ValueError(f"Tiramisu.load: {path} has an unexpected '{extra[0]}'"
                              + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        damage = damaged_weights(state)
+        if damage:
+            raise ValueError(f"Tiramisu.load: {path}: {damage}")
         try:
             self.load_state_dict(state)         # checks every array before it copies one
         except ValueError as e:
@@ -893,7 +910,12 @@ class Tiramisu(Layer):
         """A new model with the file's ``config`` (updated by ``overrides``) and weights."""
         config, _ = cls.read_file(path)
         config.update(overrides)
-        return cls(**config, rng=rng, dtype=dtype).load(path)
+        try:
+            model = cls(**config, rng=rng, dtype=dtype)
+        except (TypeError, ValueError) as e:     # an unknown key, layers "abc", ...
+            raise ValueError(f"Tiramisu.from_file: {path}: its configuration does not build "
+                             f"a Tiramisu ({e})") from None
+        return model.load(path)
 
     # -- sizes and memory -------------------------------------------------------------------------
     def stages(self, height: int, width: int, batch: int = 1) -> List[dict]:

@@ -567,7 +567,10 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, _AUGMENT, self.epoch, b])
             x, y = make_batch(self.train_data, idx, self.mean, self.std, cfg.augment, rng)
             t0 = time.perf_counter()
-            loss = self.train_step(x, y)
+            # a diverging step overflows somewhere first: the NaN check in train_step says
+            # so in one line, naming epoch and batch, instead of NumPy's warnings before it
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss = self.train_step(x, y)
             dt = time.perf_counter() - t0
             self.sums.loss += loss * len(idx)
             self.sums.images += len(idx)

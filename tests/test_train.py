@@ -493,6 +493,18 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
     assert "has already done 2 epochs: --epochs 1 cannot shorten it" in \
         capsys.readouterr().err
     assert (out / "config.json").read_bytes() == before
+    # a run file its owner made read-only: refused before any work (it was refused after a
+    # whole epoch, with log.jsonl, config.json and curves.png already rewritten)
+    log_before = (out / "log.jsonl").read_bytes()
+    os.chmod(out / "last.npz", 0o444)
+    try:
+        assert run_main(main, "tinyseg.train", ["--resume", str(out), "--epochs", "3",
+                                                "--cache", str(cache), "--quiet"]) == 1
+        assert "last.npz: read-only; not replaced" in capsys.readouterr().err
+        assert (out / "config.json").read_bytes() == before
+        assert (out / "log.jsonl").read_bytes() == log_before
+    finally:
+        os.chmod(out / "last.npz", 0o644)
 
 
 def test_ctrl_c_during_the_test_report_and_resume_writes_it(data, tmp_path, capsys,

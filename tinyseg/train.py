@@ -74,7 +74,7 @@ from .data.errors import DataError
 from .data.images import MAX_SIZE
 from .evaluate import evaluate_dataset
 from .infer import NonFiniteOutput, predict_labels
-from .io import FolderBusy, atomic_write_bytes, folder_lock
+from .io import FolderBusy, atomic_write_bytes, folder_lock, writable_path
 from .layers.batchnorm import recompute_running_stats
 from .losses import lovasz_softmax, softmax_cross_entropy
 from .metrics import confusion_matrix, iou_per_class
@@ -654,6 +654,7 @@ class Trainer:
         ``Divergence`` propagates (``last.npz`` is left as it was).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.refuse_read_only_files()
         restore = None
         if handle_sigint and _main_thread():
             restore = signal.signal(signal.SIGINT, self._on_sigint)
@@ -674,6 +675,13 @@ class Trainer:
         finally:
             if restore is not None:
                 signal.signal(signal.SIGINT, restore)
+
+    def refuse_read_only_files(self) -> None:
+        """``PermissionError`` naming the first run file that will be replaced and that its
+        owner made read-only: before any work, not after an epoch of it (``tinyseg/io.py``)."""
+        for name in ("last.npz", "best.npz", "config.json", "curves.png", "test.json"):
+            if (self.run_dir / name).is_file():
+                writable_path(self.run_dir / name)
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_reason is not None:  # second Ctrl-C: stop now
@@ -762,6 +770,7 @@ class Trainer:
             trainer.load_state(run_dir / "last.npz")
         except (CheckpointError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{run_dir / 'last.npz'}: cannot resume from it ({e})") from None
+        trainer.refuse_read_only_files()          # before config.json is rewritten below
         if epochs is not None and cfg.epochs < trainer.epoch:   # config.json would then lie
             raise UserError(f"{run_dir} has already done {trainer.epoch} epochs: --epochs "
                             f"{cfg.epochs} cannot shorten it (give at least {trainer.epoch})")

@@ -183,3 +183,29 @@ def test_a_file_system_that_refuses_the_temporary_file_is_named_by_the_target(tm
         with pytest.raises(OSError) as e:
             write(tmp_path / "w.npz")
         assert e.value.errno == errno.EROFS and e.value.filename == str(tmp_path / "w.npz")
+
+
+def test_a_folder_where_a_file_goes_and_a_file_where_a_folder_goes_are_named(tmp_path,
+                                                                              capsys):
+    """Each said "file not found" / "data directory not found" / "File exists" before."""
+    from tinyseg.checkpoint import CheckpointError, read
+    from tinyseg.data.__main__ import main as data_main
+    from tinyseg.ensemble import main as ensemble_main
+    from tinyseg.evaluate import main as evaluate_main
+    from tinyseg.tiramisu import Tiramisu
+    folder, afile = tmp_path / "runs", tmp_path / "a.jpg"
+    folder.mkdir()
+    afile.write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match="runs is a directory, not a weight file"):
+        Tiramisu.read_file(folder)
+    with pytest.raises(CheckpointError, match="runs: is a directory, not a checkpoint file"):
+        read(folder)
+    for main, prog, argv, says in (
+            (ensemble_main, "tinyseg.ensemble", [str(tmp_path / "o.npz"), str(folder)],
+             "runs: is a directory, not a checkpoint file"),
+            (evaluate_main, "tinyseg.evaluate", ["--data", str(afile)],
+             "a.jpg: is a file, not a data directory"),
+            (data_main, "tinyseg.data", ["download", "--root", str(afile)],
+             "a.jpg: is a file, not a folder to download into")):
+        assert run_main(main, prog, argv) == 1
+        assert says in capsys.readouterr().err

@@ -144,6 +144,8 @@ def read(path: PathLike) -> Tuple[dict, Dict[str, np.ndarray], dict, Optional[di
     path = Path(path)
     try:
         config, data = Tiramisu.read_file(path)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
     except ValueError as e:

@@ -104,7 +104,8 @@ class Ensemble:
 
 def _load_npz(path: Path) -> Dict[str, np.ndarray]:
     if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+        raise CheckpointError(f"{path}: " + ("is a directory, not a checkpoint file"
+                                              if path.is_dir() else "file not found"))
     try:
         return read_npz(path)
     except Exception as e:  # not an npz, truncated, pickled objects...

@@ -841,6 +841,8 @@ class Tiramisu(Layer):
     def read_file(path) -> Tuple[dict, Dict[str, np.ndarray]]:
         """``(config, state)`` from a file written by :meth:`save`, after checking its format."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"Tiramisu: {path} is a directory, not a weight file")
         if not path.is_file():
             raise FileNotFoundError(f"Tiramisu: no weight file at {path}")
         try:

@@ -70,6 +70,9 @@ def resolve_data_root(arg: Optional[PathLike] = None) -> Path:
                             "directory (annotations/*.json and its images)")
         arg = env
     root = Path(arg).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file, not a data directory (expected a COCO directory "
+                        f"with annotations/*.json and its images)")
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found (expected a COCO directory with "
                         "annotations/*.json and its images)")

@@ -245,6 +245,8 @@ def download(root: PathLike, filters: FilterConfig = FilterConfig(),
     fetching all the others; a second run fetches only what is missing).
     """
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file, not a folder to download into")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -1023,7 +1023,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="learning-rate factor per epoch: epoch e (from 1) trains at LR * GAMMA^(e-1) "
            "(the paper: 0.995) "
            f"(default: the preset's: {_preset_values('lr_decay')})")
-    a("--weight-decay", type=float, default=None,
+    a("--weight-decay", type=float, metavar="L", default=None,
       help="L2 weight decay added to the gradient (the paper: 1e-4) (default: 1e-4)")
     a("--person-weight", type=float, metavar="W", default=None,
       help="weight of the person pixels in the training loss, background 1 (PyTorch's "
@@ -1034,9 +1034,9 @@ def build_parser() -> argparse.ArgumentParser:
            "1 - IoU (Berman et al. 2018), to the training loss; the validation loss stays the "
            "cross-entropy; 0: the cross-entropy alone "
            f"(default: the preset's: {_preset_values('lovasz')})")
-    a("--rms-alpha", type=float, default=None,
+    a("--rms-alpha", type=float, metavar="A", default=None,
       help="RMSprop smoothing constant of the squared-gradient average (default: 0.99)")
-    a("--rms-eps", type=float, default=None,
+    a("--rms-eps", type=float, metavar="E", default=None,
       help="RMSprop epsilon in g / (sqrt(v) + eps) (default: 1e-8)")
     a("--dropout", type=float, default=None,
       help="dropout probability in the dense blocks (default: the preset's: "

@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, size_default=160)
     p.add_argument("--split", choices=SPLITS, default="train",
                    help="split to sample from (default: %(default)s)")
-    p.add_argument("--n", type=_positive, default=12, help="number of samples (default: "
-                                                          "%(default)s)")
+    p.add_argument("--n", type=_positive, default=12,
+                   help="number of tiles in the picture: samples, or with --augment four "
+                        "tiles per sample (default: %(default)s)")
     p.add_argument("--cols", type=_positive, default=4, help="grid columns (default: "
                                                              "%(default)s)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling and augmentation seed "
@@ -205,11 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-url", type=_url, default=None, metavar="URL",
                    help=f"replaces scheme and host of each image's coco_url (default: "
                         f"${ENV_IMAGES_URL}, else the coco_url as is)")
-    p.add_argument("--workers", type=_positive, default=4,
+    p.add_argument("--workers", type=_positive, default=4, metavar="N",
                    help="parallel image downloads (default: %(default)s)")
-    p.add_argument("--retries", type=_positive, default=3,
+    p.add_argument("--retries", type=_positive, default=3, metavar="N",
                    help="attempts per file (default: %(default)s)")
-    p.add_argument("--timeout", type=_seconds, default=60.0,
+    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
                    help="seconds before a stalled connection is retried (default: "
                         "%(default)s)")
     _filter_flags(p)

@@ -274,6 +274,11 @@ def test_prediction_helpers_name_bad_arguments():
     for logits in (np.zeros((2, 4, 4)), np.zeros((1, 1, 4, 4))):
         with pytest.raises(ValueError, match="softmax_person: expected .* K >= 2"):
             softmax_person(logits)
+    # complex values lost their imaginary part with only a ComplexWarning
+    with pytest.raises(ValueError, match="softmax_person: expected real logits"):
+        softmax_person(np.zeros((1, 2, 4, 4), np.complex64))
+    with pytest.raises(ValueError, match="resize_bilinear: expected real numbers"):
+        resize_bilinear(np.zeros((3, 3), np.complex128), 6, 6)
     with pytest.raises(ValueError, match="rows_per_chunk must be positive"):
         resize_bilinear(np.zeros((3, 3)), 6, 6, rows_per_chunk=-1)
     for h, w in ((2.5, 3), (3, "4"), (True, 3)):      # a float size was a bare TypeError

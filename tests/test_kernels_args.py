@@ -24,6 +24,12 @@ def _read_only(a):
 
 BAD_CALLS = [
     # (kernel, call, words the message must contain)
+    ("softmax_cross_entropy",       # a bare TypeError from int(None) before
+     lambda: loss.softmax_cross_entropy(f(1, 2, 2, 2), np.zeros((1, 2, 2), np.int64), ones2,
+                                        None), "ignore_index must be a 64-bit integer"),
+    ("softmax_cross_entropy",       # a bare ValueError from int(nan) before
+     lambda: loss.softmax_cross_entropy(f(1, 2, 2, 2), np.zeros((1, 2, 2), np.int64), ones2,
+                                        float("nan")), "ignore_index must be a 64-bit integer"),
     ("softmax_cross_entropy",
      lambda: loss.softmax_cross_entropy(f(1, 2, 2, 2), np.full((1, 2, 2), 10**6), ones2, -1),
      "found 1000000"),

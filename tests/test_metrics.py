@@ -155,6 +155,9 @@ def test_cm_validation():
         iou_per_class(np.array([[1.0, np.nan], [0.0, 2.0]]))
     with pytest.raises(ValueError, match="cls must be a class number >= 0, got -1"):
         per_image_iou(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2), int), cls=-1)  # was nan
+    for cls in (float("nan"), 1.0):     # a bare "cannot convert float NaN to integer" before
+        with pytest.raises(ValueError, match="cls must be a class number >= 0"):
+            per_image_iou(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2), int), cls=cls)
     with pytest.raises(ValueError, match="num_classes"):
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), num_classes=0)
     with pytest.raises(ValueError, match="num_classes"):

@@ -61,6 +61,8 @@ def softmax_person(logits: np.ndarray) -> np.ndarray:
     if not isinstance(logits, np.ndarray) or logits.ndim != 4 or logits.shape[1] < 2:
         raise ValueError(f"softmax_person: expected (N, K, H, W) logits with K >= 2 classes "
                          f"(class 1 = person), got {getattr(logits, 'shape', type(logits))}")
+    if logits.dtype.kind not in "iuf":
+        raise ValueError(f"softmax_person: expected real logits, got {logits.dtype}")
     z = logits.astype(np.float64, copy=False)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -124,6 +126,8 @@ def resize_bilinear(a: np.ndarray, height: int, width: int, rows_per_chunk: int 
     anti-aliasing: meant for enlarging (a network's output to a photo).  Works in row
     chunks so a 24-megapixel photo needs little more memory than its output.
     """
+    if np.asarray(a).dtype.kind not in "biuf":      # complex lost its imaginary part
+        raise ValueError(f"resize_bilinear: expected real numbers, got {np.asarray(a).dtype}")
     a = np.asarray(a, dtype=np.float32)
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"resize_bilinear: expected a non-empty 2-D array, got shape {a.shape}")

@@ -136,7 +136,7 @@ def per_image_iou(pred: np.ndarray, target: np.ndarray, cls: int = PERSON) -> np
     non-negative integer values; only ``== cls`` matters.
     """
     fn = "per_image_iou"
-    if isinstance(cls, bool) or int(cls) != cls or cls < 0:
+    if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) or cls < 0:
         raise ValueError(f"{fn}: cls must be a class number >= 0, got {cls!r}")
     biggest = [int(a.max(initial=0)) if isinstance(a, np.ndarray) and a.dtype.kind in "biu"
                else 0 for a in (pred, target)]

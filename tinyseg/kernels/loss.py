@@ -19,8 +19,11 @@ def softmax_cross_entropy(logits, target, weight, ignore_index):
     N, K, H, W = logits.shape
     array(kernel, "target", target, (N, H, W), dtype=np.int64)
     array(kernel, "weight", weight, (K,), dtype=np.float64)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)) \
+            or not -2**63 <= ignore_index < 2**63:
+        fail(kernel, f"ignore_index must be a 64-bit integer, got {ignore_index!r}")
     ignore = int(ignore_index)
-    if ignore != ignore_index or not -2**63 <= ignore < 2**63:
+    if ignore != ignore_index:
         fail(kernel, f"ignore_index must be a 64-bit integer, got {ignore_index!r}")
     if target.size and not (0 <= target.min() and target.max() < K):
         bad = ((target < 0) | (target >= K)) & (target != ignore)

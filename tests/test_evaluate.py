@@ -189,6 +189,18 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
     capsys.readouterr()
     expected = (run if marker else here) / "eval-val-default" / "results.json"
     assert expected.is_file()
+    # the same checkpoint named from another folder is the same checkpoint: not refused
+    monkeypatch.chdir(run)
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", "best.npz", "--data", str(root), "--cache", str(cache), "--out",
+        str(expected.parent), "--split", "val", "--worst", "0", "--filter", "default",
+        "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(here)
+    assert run_main(main, "tinyseg.evaluate", [
+        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
+        "--split", "val", "--worst", "0", "--filter", "default", "--json"]) == 0
+    capsys.readouterr()
     assert not ((here if marker else run) / "eval-val-default").exists()
     # last.npz beside it gets its own folder: best.npz's results stay (were overwritten)
     before = expected.read_bytes()
@@ -223,7 +235,7 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
             "--checkpoint", str(other / "best.npz"), "--data", str(root), "--cache",
             str(cache), "--split", "val", "--worst", "0", "--filter", "default"]) == 1
         err = capsys.readouterr().err
-        assert f"eval-val-default holds the scores of {run / 'best.npz'}" in err
+        assert f"eval-val-default holds the scores of {(run / 'best.npz').resolve()}" in err
         assert "give --out DIR" in err and expected.read_bytes() == before
 
 

@@ -328,7 +328,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (the results go in a folder: "
                         f"results.json and the worst pictures)")
-    results: Dict[str, dict] = {"checkpoint": str(ckpt), "split": args.split, "size": size,
+    # the absolute path: a later scoring from another folder can tell whose scores these are
+    results: Dict[str, dict] = {"checkpoint": str(ckpt.resolve()), "split": args.split,
+                                "size": size,
                                 "flip": args.flip, "filters": {}}
     for name in dict.fromkeys(args.filter):
         try:

@@ -193,6 +193,17 @@ def test_check_images_lists_unreadable_ones(root, tmp_path, capsys):
     assert "unreadable: 1" in out and victim.name in out
 
 
+def test_show_names_itself_when_it_skips_an_unreadable_image(root, tmp_path, capsys):
+    """The warning began with a bare "warning:", unlike every other command's."""
+    for p in sorted((root / "train2017").iterdir()):
+        p.write_bytes(b"broken")
+    code, out, err = _run(["show", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
+                           "--size", "32", "--n", "2", "--out", str(tmp_path / "s.png")], capsys)
+    assert "tinyseg.data show: warning: skipped " in err, err
+    assert all(l.startswith("tinyseg.data show: ") for l in err.splitlines()
+               if "warning" in l), err
+
+
 def test_bench_reports_milliseconds(root, tmp_path, capsys):
     code, out, err = _run(["bench", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
                            "--size", "32", "--batch-size", "2", "--batches", "5"], capsys)

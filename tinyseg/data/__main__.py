@@ -351,7 +351,7 @@ def cmd_show(args, filters: FilterConfig) -> int:
         try:
             img, mask, _ = prepare_sample(data, i, args.size)
         except BadImage as e:
-            print(f"warning: skipped {rec.path} ({e})", file=sys.stderr)
+            print(f"{PROG} show: warning: skipped {rec.path} ({e})", file=sys.stderr)
             continue
         cov = result.coverage.get(i, data.coverage(i))
         persons = f"{rec.n_instances} {filters.category}{'s' if rec.n_instances != 1 else ''}"

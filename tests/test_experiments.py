@@ -1,5 +1,5 @@
 """lessons/experiments: the after-training probes the README reports (clean-up, guided filter,
-threshold, input sizes). Their pieces against hand-worked values and brute force; each script
+threshold, input sizes, the bootstrap of a test figure). Their pieces against hand-worked values and brute force; each script
 run on a made-up data root, its plain row equal to what ``tinyseg.evaluate`` scores."""
 import sys
 
@@ -15,6 +15,7 @@ from tinyseg.tiramisu import tiramisu_tiny
 from test_train import make_data
 
 sys.path.insert(0, str(REPO / "lessons" / "experiments"))
+import bootstrap  # noqa: E402
 import cleanup  # noqa: E402
 import full_resolution  # noqa: E402
 import sizes  # noqa: E402
@@ -120,6 +121,43 @@ def evaluate_iou(setup, split: str) -> float:
     ds = load_split(root, split, 32, cache_dir=cache, progress=False)
     return evaluate_dataset(model, ds.images, ds.masks, ds.boxes, info["mean"],
                             info["std"]).person_iou
+
+
+def test_per_image_counts_pool_to_the_person_iou():
+    """Summed over images, the counts give the pooled IoU of ``common.person_iou``; the
+    padding (outside each box) is not counted."""
+    r = np.random.default_rng(4)
+    pred = r.integers(0, 2, (5, 8, 8))
+    masks = r.integers(0, 2, (5, 8, 8)).astype(np.uint8)
+    boxes = np.array([[0, 0, 8, 8], [1, 0, 6, 8], [0, 2, 8, 4], [0, 0, 8, 8], [2, 2, 4, 4]])
+    inter, union = bootstrap.per_image_counts(pred, masks, boxes)
+    assert inter.sum() / union.sum() == pytest.approx(
+        cleanup.person_iou(pred, masks, boxes), abs=1e-12)
+    t, p = masks[4, 2:6, 2:6] == 1, pred[4, 2:6, 2:6] == 1   # the box of image 4 by hand
+    assert (inter[4], union[4]) == (np.sum(p & t), np.sum(p | t))
+
+
+def test_bootstrap_known_distribution():
+    """Two images, one right (I = U = 1) and one wrong (I = 0, U = 1): a draw of two holds
+    0, 1 or 2 copies of the right one, IoU 0, 1/2, 1 with probability 1/4, 1/2, 1/4."""
+    scores = bootstrap.bootstrap(np.array([1, 0]), np.array([1, 1]), 40000,
+                                 np.random.default_rng(0))
+    for value, p in ((0.0, 0.25), (0.5, 0.5), (1.0, 0.25)):
+        assert np.mean(scores == value) == pytest.approx(p, abs=0.01)
+    same = bootstrap.bootstrap(np.array([[3, 3, 3], [1, 2, 3]]), np.array([[4, 4, 4]] * 2),
+                               50, np.random.default_rng(1))
+    assert same.shape == (2, 50) and np.all(same[0] == 0.75)     # identical images: no spread
+
+
+def test_bootstrap_script_scores_two_models_on_the_same_draws(setup, capsys):
+    root, cache, ckpt = setup
+    args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache)]
+    bootstrap.main(args + ["--against", str(ckpt), "--draws", "200"])
+    text = capsys.readouterr().out
+    point = float(next(ln for ln in text.splitlines() if ln.startswith("model A")).split()[2])
+    assert point == pytest.approx(evaluate_iou(setup, "test"), abs=5e-5)
+    diff = next(ln for ln in text.splitlines() if ln.startswith("A - B"))
+    assert "0.0000" in diff and "[0.0000, 0.0000]" in diff   # a model against itself
 
 
 @pytest.mark.parametrize("script, row", [(cleanup, "plain (threshold 0.5)"),

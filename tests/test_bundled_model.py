@@ -52,7 +52,8 @@ def test_the_bundled_model_cuts_out_a_photo_without_data():
     assert np.all((p >= 0) & (p <= 1)) and np.isfinite(p).all()
     rgba = np.asarray(compose(rgb, alpha_from_probability(p)))
     assert rgba.shape == (h, w, 4)
-    assert np.array_equal(rgba[..., :3], rgb)
+    kept = rgba[..., 3] == 255        # the photo where the person is kept, no colour elsewhere
+    assert np.array_equal(rgba[..., :3][kept], rgb[kept]) and not rgba[..., :3][~kept].any()
     assert set(np.unique(rgba[..., 3])) <= {0, 255}
 
 

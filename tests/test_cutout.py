@@ -183,9 +183,56 @@ def test_command_writes_full_size_rgba(ckpt, tmp_path, capsys):
     with Image.open(out / "wide-cutout.png") as im:
         assert im.mode == "RGBA" and im.size == (333, 101)
         rgba = np.asarray(im)
-    np.testing.assert_array_equal(rgba[..., :3], read_photo(tmp_path / "wide.jpg"))
+    kept = rgba[..., 3] == 255   # the photo's colours where kept; none where transparent
+    np.testing.assert_array_equal(rgba[..., :3][kept], read_photo(tmp_path / "wide.jpg")[kept])
+    assert not rgba[..., :3][~kept].any() and kept.any() and not kept.all()
     assert set(np.unique(rgba[..., 3])) <= {0, 255}
     assert "wide.jpg (333x101)" in capsys.readouterr().out
+
+
+def test_a_photos_own_transparency_and_colour_profile_are_kept(ckpt, tmp_path):
+    """A PNG's transparent pixels came back opaque (its alpha was dropped on reading), and
+    the ICC profile was dropped (a P3 photo's numbers then read as sRGB: duller colours)."""
+    from tinyseg.cutout import onto_padding
+    from tinyseg.data.images import PAD_RGB
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    own = np.full((40, 60), 255, np.uint8)
+    own[:, :30] = 0                    # the left half made transparent by the user
+    own[:, 30:35] = 128
+    Image.fromarray(np.dstack([rgb, own]), "RGBA").save(tmp_path / "a.png",
+                                                       icc_profile=b"not a real profile")
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    args = ["-o", str(tmp_path / "out"), "--checkpoint", str(ckpt), "--soft"]
+    assert run_main(main, "tinyseg.cutout", [str(tmp_path / "a.png"), str(tmp_path / "plain.png")]
+                    + args) == 0
+    with Image.open(tmp_path / "out" / "a-cutout.png") as im:
+        out, icc = np.asarray(im), im.info.get("icc_profile")
+    with Image.open(tmp_path / "out" / "plain-cutout.png") as im:
+        assert im.info.get("icc_profile") is None
+    assert icc == b"not a real profile"
+    assert not out[:, :30, 3].any()                  # transparent stays transparent
+    predictor = Predictor.from_file(ckpt)             # the network saw the photo on the padding
+    p = photo_probability(predictor, onto_padding(rgb, own))
+    want = (alpha_from_probability(p, soft=True).astype(np.uint16) * own + 127) // 255
+    np.testing.assert_array_equal(out[..., 3], want)
+    seen = onto_padding(rgb, own)
+    assert (seen[:, :30] == PAD_RGB).all() and (seen[:, 35:] == rgb[:, 35:]).all()
+
+
+def test_compose_on_a_colour_in_row_blocks_is_the_formula(monkeypatch):
+    """The composition runs in blocks of rows (a 48-megapixel photo took 2.45 GB at once);
+    every block gives round(α·photo + (1 − α)·colour), whatever the block size."""
+    import tinyseg.cutout as C
+    rng = np.random.default_rng(6)
+    rgb = rng.integers(0, 256, (37, 11, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (37, 11), dtype=np.uint8)
+    a = alpha.astype(np.float64)[..., None] / 255
+    want = np.rint(a * rgb + (1 - a) * np.array([10, 200, 30])).astype(np.uint8)
+    for rows in (1, 5, 256):
+        monkeypatch.setattr(C, "_ROWS", rows)
+        np.testing.assert_array_equal(np.asarray(compose(rgb, alpha, background=(10, 200, 30))),
+                                      want)
 
 
 def test_command_mask_soft_and_background(ckpt, tmp_path):

@@ -9,9 +9,13 @@ For every photo:
    crop the padding, resize the probabilities *bilinearly* to the photo);
 3. the alpha (opacity) of each pixel: ``α = 1`` where ``p ≥ threshold`` else 0, or with
    ``--soft`` ``α = p`` itself (soft edges, partly transparent where the model is unsure);
-4. write a PNG: RGBA with that alpha (default); or the photo composited on a solid colour,
-   ``out = α · photo + (1 − α) · colour`` (``--background``); or the mask alone, ``255 α``
-   (``--mask``).
+4. write a PNG: RGBA with that alpha (default; a fully transparent pixel keeps no colour, so
+   the background is gone from the file, not only hidden); or the photo composited on a
+   solid colour, ``out = α · photo + (1 − α) · colour`` (``--background``); or the mask
+   alone, ``255 α`` (``--mask``).  The photo's ICC colour profile goes into the PNG.
+
+A photo with its own transparency (a PNG with alpha) is seen by the network laid on the
+padding colour, and what it made transparent stays transparent: ``α`` is multiplied by it.
 
 Outputs are ``<name>-cutout.png`` (or ``<name>-mask.png``) in ``-o DIR`` (default: the current
 directory).  A file that cannot be read is reported by name; the others are still done, and
@@ -32,7 +36,7 @@ import PIL
 from PIL import Image, ImageColor
 
 from .cli import HelpFormatter, UserError, run_main, set_threads
-from .data.images import BadImage, read_image
+from .data.images import PAD_RGB, BadImage, read_image, read_picture
 from .io import atomic_write_bytes
 
 PROG = "tinyseg.cutout"
@@ -46,6 +50,14 @@ def read_photo(path) -> np.ndarray:
     Raises ``BadImage`` with the reason for missing, unreadable or unsupported files.
     """
     return read_image(path, upright=True)
+
+
+def onto_padding(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """What the network sees of a photo with its own transparency: the photo laid on the
+    letterbox padding colour, which it learned as background (``PAD_RGB``)."""
+    a = alpha.astype(np.float32)[:, :, None] / 255.0
+    pad = np.asarray(PAD_RGB, dtype=np.float32)
+    return np.clip(np.rint(a * rgb + (1.0 - a) * pad), 0, 255).astype(np.uint8)
 
 
 def alpha_from_probability(p: np.ndarray, threshold: float = 0.5,
@@ -66,16 +78,27 @@ def compose(rgb: np.ndarray, alpha: np.ndarray, mode: str = "rgba",
     if mode == "mask":
         return Image.fromarray(alpha, mode="L")
     if background is not None:
-        a = alpha.astype(np.float32)[:, :, None] / 255.0
         bg = np.asarray(background, dtype=np.float32)
         if bg.ndim == 1:
             bg = bg.reshape(1, 1, 3)
         elif bg.shape != rgb.shape:
             raise ValueError(f"compose: a background picture must have the photo's shape "
                              f"{rgb.shape}, got {bg.shape}")
-        out = a * rgb.astype(np.float32) + (1.0 - a) * bg
-        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
-    return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+        out = np.empty(rgb.shape, dtype=np.uint8)
+        for r in range(0, rgb.shape[0], _ROWS):    # row blocks: little memory beyond out
+            rows = slice(r, r + _ROWS)
+            a = alpha[rows].astype(np.float32)[:, :, None] / 255.0
+            b = bg if bg.shape[0] == 1 else bg[rows]
+            out[rows] = np.clip(np.rint(a * rgb[rows].astype(np.float32) + (1.0 - a) * b),
+                                0, 255)
+        return Image.fromarray(out, mode="RGB")
+    # a fully transparent pixel keeps no colour: the background is gone from the file, not
+    # only hidden (dropping the alpha channel would show it again), and the PNG is smaller
+    kept = np.where(alpha[:, :, None] == 0, np.uint8(0), rgb)
+    return Image.fromarray(np.dstack([kept, alpha]), mode="RGBA")
+
+
+_ROWS = 256   # rows composed at a time
 
 
 def parse_color(text: str) -> Tuple[int, int, int]:
@@ -101,12 +124,16 @@ def cutout_file(predictor, path, out_path, mode: str = "rgba", threshold: float 
     """Cut out one photo and write the PNG; returns the photo's (width, height)."""
     from .infer import photo_probability
 
-    rgb = read_photo(path)
-    p = photo_probability(predictor, rgb, flip=flip)
+    rgb, own_alpha, icc = read_picture(path, upright=True)
+    seen = rgb if own_alpha is None else onto_padding(rgb, own_alpha)
+    p = photo_probability(predictor, seen, flip=flip)
     alpha = alpha_from_probability(p, threshold, soft)
+    if own_alpha is not None:      # what the photo itself made transparent stays so
+        alpha = ((alpha.astype(np.uint16) * own_alpha + 127) // 255).astype(np.uint8)
     img = compose(rgb, alpha, mode, background)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    # the photo's colour profile goes with its colours (a P3 photo read as sRGB looks dull)
+    img.save(buf, format="PNG", **({"icc_profile": icc} if icc and mode != "mask" else {}))
     atomic_write_bytes(out_path, buf.getvalue())
     return rgb.shape[1], rgb.shape[0]
 
@@ -156,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the photo's full resolution, with the person kept and the background "
                     "transparent (or a solid colour, or just the mask).",
         epilog="Exit codes: 0 all photos done, 1 some photo could not be read (the others are "
-               "still written) or no model, 2 bad flags.",
+               "still written), no model, or flag values that cannot work together, 2 flags "
+               "that do not parse.",
         formatter_class=HelpFormatter)
     a = p.add_argument
     a("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, ...)")
@@ -165,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--checkpoint", metavar="FILE", default=None,
       help="model to use (default: the bundled model, tinyseg/weights/person.npz)")
     a("--mask", action="store_true",
-      help="write only the mask (grayscale PNG: 255 person, 0 background)")
+      help="write only the mask (grayscale PNG: 255 person, 0 background; with --soft "
+           "255 times the probability)")
     a("--background", metavar="COLOR", default=None,
       help="put the person on this solid colour instead of transparency (a name like "
            "'white', '#00ff00' or '0,255,0'); writes RGB")

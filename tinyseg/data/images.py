@@ -5,7 +5,8 @@ Reading
 ``read_image(path)`` returns ``uint8 (H, W, 3)`` RGB for whatever a photo collection holds:
 
 * RGB: as is.  Grayscale (``L``, ``1``), palette (``P``), ``CMYK``, ``YCbCr``, ``LAB`` and
-  images with alpha (``RGBA``, ``LA``, ``PA``): converted to RGB (the alpha is dropped).
+  images with alpha (``RGBA``, ``LA``, ``PA``): converted to RGB (the alpha is dropped;
+  ``read_picture`` also returns it, and the ICC colour profile, for ``cutout``).
 * 16-bit grayscale (``I;16``): scaled to 8 bits, ``v8 = round(v16 / 257)`` (Pillow's own
   conversion would clip everything above 255 to white).  32-bit integer grayscale (``I``,
   which Pillow also uses for some 16-bit files) is read by its range: values up to 255 as
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -81,12 +82,32 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
     raise BadImage(f"unsupported pixel mode {mode!r}")
 
 
+def image_alpha(im: Image.Image) -> Optional[np.ndarray]:
+    """The image's own transparency as ``uint8 (H, W)`` (255 opaque), or ``None`` when it has
+    none or every pixel is opaque: an alpha band (``RGBA``, ``LA``, ``PA``) or a palette or
+    grey image with a transparent colour."""
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+        im = im.convert("RGBA")
+    if "A" not in im.getbands():
+        return None
+    alpha = np.asarray(im.getchannel("A"), dtype=np.uint8)
+    return None if alpha.min(initial=255) == 255 else alpha.copy()
+
+
 def read_image(path: PathLike, upright: bool = False) -> np.ndarray:
     """The file at ``path`` as ``uint8 (H, W, 3)`` RGB, or ``BadImage`` with the reason.
 
     ``upright=True`` applies the EXIF orientation (a phone photo as it is meant to be seen);
     COCO's annotations are drawn on the stored pixels, so the data path leaves it off.
     """
+    return read_picture(path, upright)[0]
+
+
+def read_picture(path: PathLike, upright: bool = False
+                 ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[bytes]]:
+    """``(rgb, alpha, icc_profile)``: :func:`read_image`'s RGB, the file's own transparency
+    (:func:`image_alpha`, ``None`` if it has none) and its ICC colour profile (``None`` if
+    none), for a cut-out that keeps what the photo had."""
     if isinstance(path, (str, os.PathLike)):
         try:
             mode = os.stat(path).st_mode
@@ -101,10 +122,9 @@ def read_image(path: PathLike, upright: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decodes now: truncated or corrupt data fails here, not later
-            if upright:
-                turned = ImageOps.exif_transpose(im)
-                return image_to_rgb(turned if turned is not None else im)
-            return image_to_rgb(im)
+            turned = ImageOps.exif_transpose(im) if upright else None
+            shown = turned if turned is not None else im
+            return image_to_rgb(shown), image_alpha(shown), im.info.get("icc_profile")
     except BadImage:
         raise
     except FileNotFoundError:

@@ -172,9 +172,9 @@ def test_lovasz_reaches_the_loss_the_gradient_and_the_command(data, tmp_path):
     del old["lovasz"]
     assert train_mod.TrainConfig.from_dict(old).lovasz == 0.0
     # the curves say what the training loss was (the validation loss is always the CE)
-    assert train_mod.loss_names(cfg) == ("train loss (CE + 0.75 x Lovasz)",
+    assert train_mod.loss_names(cfg) == ("train loss (CE + 0.75 x Lovasz, padding counted)",
                                          "cross-entropy + 0.75 x Lovasz")
-    assert train_mod.loss_names(tiny(data))[0] == "train loss (cross-entropy)"
+    assert train_mod.loss_names(tiny(data))[0] == "train loss (cross-entropy, padding counted)"
     for bad in (-0.5, float("nan"), float("inf")):
         with pytest.raises(UserError, match="--lovasz must be a finite number >= 0"):
             tiny(data, lovasz=bad).check()
@@ -726,9 +726,10 @@ def test_curves_plot_train_and_val_series_from_the_log(data, tmp_path, monkeypat
     tr.history = [{"epoch": 1, "loss": 0.9, "val_loss": 0.7, "train_iou": 0.3, "val_iou": 0.4},
                   {"epoch": 2, "loss": 0.8, "val_loss": 0.6, "train_iou": 0.35, "val_iou": 0.5}]
     tr._draw()
-    assert seen == {"train loss (cross-entropy)": ([1, 2], [0.9, 0.8]),
+    assert seen == {"train loss (cross-entropy, padding counted)": ([1, 2], [0.9, 0.8]),
                     "val loss (cross-entropy)": ([1, 2], [0.7, 0.6]),
-                    "train IoU": ([1, 2], [0.3, 0.35]), "val IoU": ([1, 2], [0.4, 0.5])}
+                    "train IoU (padding counted)": ([1, 2], [0.3, 0.35]),
+                    "val IoU": ([1, 2], [0.4, 0.5])}
 
 
 def test_out_refuses_an_ensemble_run_directory(tmp_path, capsys):

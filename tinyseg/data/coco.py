@@ -25,7 +25,9 @@ Polygons that stray outside the image are clipped to the rectangle [0, W] x [0, 
 (Sutherland-Hodgman); pycocotools itself mis-handles, or crashes on, far-away points.
 
 The split is a function of the image id alone, so adding images never moves old ones:
-``b = int(sha256(str(id))[:8 bytes]) mod 100``; train if b < 70, val if b < 90, else test.
+``b = int(sha256(str(id))[:8 bytes], big-endian) mod 100``, i.e.
+``int(hashlib.sha256(str(id).encode()).hexdigest()[:16], 16) % 100``; train if b < 70, val if
+b < 90, else test.
 """
 from __future__ import annotations
 
@@ -153,7 +155,8 @@ FILTER_PRESETS: Dict[str, FilterConfig] = {
 
 # -- the split --------------------------------------------------------------------------
 def split_bucket(image_id) -> int:
-    """A stable number in [0, 100) from the image id: sha256 of ``str(id)``, mod 100."""
+    """A stable number in [0, 100) from the image id: the first 8 bytes of the sha256 of
+    ``str(id)`` (UTF-8) as a big-endian integer, mod 100."""
     digest = hashlib.sha256(str(image_id).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % 100
 

@@ -193,6 +193,18 @@ def test_changes_of_size_filters_or_annotations_rebuild(root, tmp_path):
     assert d.cache_key != a.cache_key
 
 
+def test_other_split_bounds_are_not_served_from_an_old_index(root, tmp_path, monkeypatch):
+    """The index and the cache were keyed without the split rule: with other bounds the
+    old splits came back, without a word."""
+    from tinyseg.data.coco import SPLIT_BOUNDS, split_of
+    cache = tmp_path / "c"
+    before = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    monkeypatch.setitem(SPLIT_BOUNDS, "train", 40)
+    after = load_split(root, "train", 24, cache_dir=cache, progress=False)
+    assert all(split_of(i) == "train" for i in after.ids)        # the new rule
+    assert len(after) < len(before) and after.cache_key != before.cache_key
+
+
 def test_images_arriving_later_rebuild_the_cache(root, tmp_path):
     cache = tmp_path / "c"
     path = sorted((root / "train2017").iterdir())[0]

@@ -51,7 +51,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..io import atomic_save_npz, atomic_write_bytes
-from .coco import (SPLITS, CocoData, FilterConfig, FilterResult, ImageRecord, filter_images,
+from .coco import (SPLIT_BOUNDS, SPLITS, CocoData, FilterConfig, FilterResult, ImageRecord, filter_images,
                    find_annotation_files, load_coco, resolve_data_root, split_of)
 from .errors import BadImageWarning, DataError, list_some
 from .images import MAX_SIZE, RESIZE_POLICY, BadImage, letterbox, read_image
@@ -60,7 +60,8 @@ from .progress import Progress
 PathLike = Union[str, os.PathLike]
 
 ENV_CACHE = "TINYSEG_CACHE"
-#: Bump when the cache layout or content changes; old caches are then ignored.
+#: Bump when the cache layout or content changes, or what ``filter_images`` keeps; old caches
+#: and indexes are then ignored.  (The split bounds are in the keys themselves.)
 CACHE_VERSION = 1
 
 
@@ -165,7 +166,7 @@ def cache_key(sel: "Selection", size: int) -> str:
     return _digest({"version": CACHE_VERSION, "sources": sel.sources,
                     "image_dirs": [_dir_stamp(d) for d in sel.image_dirs],
                     "filters": sel.filters.to_dict(), "size": int(size),
-                    "policy": RESIZE_POLICY, "ids": sel.all_ids})
+                    "policy": RESIZE_POLICY, "ids": {s: sel.ids[s] for s in SPLITS}})
 
 
 def cache_path(cache_dir: Path, root: Path, size: int, key: str, split: str) -> Path:
@@ -205,7 +206,8 @@ def select(root: Optional[PathLike], filters: FilterConfig = FilterConfig(),
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     sources = _sources(root, annotation_files, images_dir)
     index = Path(cache_dir) / "data" / (
-        f"{root.name}-index-{_digest([CACHE_VERSION, sources, filters.to_dict()])[:16]}.json")
+        f"{root.name}-index-"
+        f"{_digest([CACHE_VERSION, sources, filters.to_dict(), SPLIT_BOUNDS])[:16]}.json")
     if use_index and index.is_file():
         try:
             saved = json.loads(index.read_text())

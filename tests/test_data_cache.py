@@ -310,10 +310,13 @@ def test_an_annotation_file_listing_no_image_says_so(tmp_path):
         load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=False)
 
 
-def test_unwritable_cache_dir_is_a_data_error(root, tmp_path):
+def test_unwritable_cache_dir_is_a_data_error(root, tmp_path, monkeypatch):
+    """Said before any image is decoded (the whole train split was decoded first)."""
+    import tinyseg.data.cache as C
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
-    with pytest.raises(DataError, match="cannot write the cache"):
+    monkeypatch.setattr(C, "prepare_sample", lambda *a, **k: pytest.fail("decoded an image"))
+    with pytest.raises(DataError, match="cannot write the cache .*file is a file, not a folder"):
         load_split(root, "train", 16, cache_dir=blocker, progress=False)
 
 

@@ -270,6 +270,12 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
                 progress: bool = True, key: Optional[str] = None) -> Dict[str, Path]:
     """Decode, letterbox and store all three splits (train first: it gives mean and std)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = cache_dir / "data"
+    blocked = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
+    if blocked is not None:        # said before the images are decoded, not after
+        raise DataError(f"{folder}: cannot write the cache ({blocked} is a file, not a "
+                        f"folder); choose another folder with --cache (train, evaluate), "
+                        f"--cache-dir (tinyseg.data) or ${ENV_CACHE}")
     data = sel.data
     if data is None:
         data = load_coco(sel.root, sel.filters.category,

@@ -23,8 +23,8 @@ before the convolutions split their images: numba 2 + BLAS 1 thread: 22 images/s
 fight over the same cores (numba's OpenMP workers after each parallel loop, OpenBLAS's
 after each product), and on a busy machine the two-pool setting was 10-20x slower still.
 With the convolutions' own image threads and ``OMP_WAIT_POLICY=PASSIVE`` (set in
-``tinyseg/__init__.py``) the same step takes 233 ms with 1 thread and 163 ms with 2 (34
-and 49 images/s; ``python -m benchmarks --parts models --model-presets small``).  Set
+``tinyseg/__init__.py``) the same step takes 235 ms with 1 thread and 165 ms with 2 (34
+and 48 images/s; ``python -m benchmarks``, ``benchmarks/results/latest.md``, Intel Xeon).  Set
 ``TINYSEG_BLAS_THREADS`` to override the BLAS setting.  OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
 imported, which has already happened by the time a command parses its flags; so
 :func:`set_threads` also asks the loaded OpenBLAS directly through its C function

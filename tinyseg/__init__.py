@@ -16,6 +16,9 @@ import os as _os
 # training step of tiramisu_tiny, 64x64, batch 8, 2 threads measured 211 ms with spinning
 # workers and 159 ms with sleeping ones.  libgomp reads this when it starts (at the first
 # parallel kernel), so it is set here, unless you set it yourself.
+#: what the user had set (None: tinyseg's choice), so that child processes that are not
+#: tinyseg's (the PyTorch side of the benchmarks) can run with their own library's default
+OMP_WAIT_POLICY_GIVEN = _os.environ.get("OMP_WAIT_POLICY")
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .layers.base import Layer

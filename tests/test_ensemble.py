@@ -255,6 +255,44 @@ def test_members_are_the_single_runs_and_resume_restores_a_lost_member(data, tmp
            f"members {conf['train']['epochs'] - 3}" in err and "start the ensemble again" in err
 
 
+@pytest.mark.slow
+def test_a_member_stopped_between_its_log_line_and_its_checkpoints_is_trained_again(
+        data, tmp_path, capsys, monkeypatch):
+    """An epoch writes its log line, then best.npz, then last.npz. A member killed in between
+    on its last epoch (a full disk, kill -9) counted as done by its log, and the resume
+    joined its previous epoch's network without a word (validation 0.14 instead of 0.37 in
+    the audit that found it)."""
+    import shutil
+    from tinyseg.train import Trainer, TrainConfig, load_data
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    run = tmp_path / "ens"
+    assert run_main(main, "tinyseg.train", run_args(data, run, "--members", "2", "--epochs",
+                                                    "2", "--no-test")) == 0
+    want = weights_of_ensemble(run / "best.npz")
+    # member 1's checkpoints as they were after its first epoch: the same run, stopped there
+    cfg = TrainConfig.from_dict(json.loads((run / "member1" / "config.json").read_text())["train"])
+    train, val = load_data(cfg, data[1], progress=False)
+
+    def stop_after_epoch_1(tr):
+        if tr.batch == tr.steps:
+            tr.request_stop("after epoch 1")
+    first = tmp_path / "first"
+    Trainer(cfg, train, val, first, report=lambda *a: None, on_batch=stop_after_epoch_1).run(
+        handle_sigint=False)
+    for name in ("best.npz", "last.npz"):
+        shutil.copy(first / name, run / "member1" / name)
+    assert (run / "member1" / "log.jsonl").read_text().count("\n") == 2   # the log: done
+    (run / "best.npz").unlink()
+    capsys.readouterr()
+    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test"]) == 0
+    assert "1 already done" in capsys.readouterr().out               # member 0 only
+    got = weights_of_ensemble(run / "best.npz")
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_resumed_members_read_the_data_where_the_ensemble_says(tmp_path):
     """``--resume RUN --data NEW`` reaches every member: those that start afresh and those
     that go on from their own run directory."""

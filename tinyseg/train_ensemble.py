@@ -59,10 +59,26 @@ def member_dir(run_dir: Path, k: int) -> Path:
 
 
 def _epochs_done(d: Path) -> int:
-    """Completed epochs of the member in ``d`` (lines of its log.jsonl)."""
+    """Completed epochs of the member in ``d`` as its log.jsonl counts them (one line per
+    epoch): for the progress line only, since an epoch's line is written before its
+    checkpoints (see :func:`_epochs_saved`)."""
     try:
         return (d / "log.jsonl").read_bytes().count(b"\n")
     except OSError:
+        return 0
+
+
+def _epochs_saved(d: Path) -> int:
+    """Completed epochs of the member in ``d`` as its ``last.npz`` records them: an epoch
+    ends by writing its log line, then ``best.npz`` when it improved, then ``last.npz``, so
+    a member stopped in between (a full disk, ``kill -9``) has its log line but perhaps not
+    its best network, and must run that epoch again (0: no readable ``last.npz``)."""
+    import numpy as np
+    from .checkpoint import STATE
+    try:
+        with np.load(d / "last.npz", allow_pickle=False) as f:
+            return int(json.loads(str(f[STATE]))["epoch"])
+    except Exception:          # missing, damaged: the member's own resume says what is wrong
         return 0
 
 
@@ -199,7 +215,7 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
                    f"{E}' first" if epochs < E else "start the ensemble again")
             raise UserError(f"{conf.parent}: trains {epochs} epochs, the ensemble's members "
                             f"{E} (it was resumed on its own with --epochs); {fix}")
-    pending = [k for k in range(K) if _epochs_done(member_dir(run_dir, k)) < E
+    pending = [k for k in range(K) if _epochs_saved(member_dir(run_dir, k)) < E
                or not (member_dir(run_dir, k) / "best.npz").is_file()]
     running: Dict[int, subprocess.Popen] = {}
     outputs: Dict[int, object] = {}

@@ -829,6 +829,13 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(data, tmp_path, capsys
         err = capsys.readouterr().err
         assert f"{run}: process {other.pid} is training this run" in err, err
         assert len((run / "log.jsonl").read_text().splitlines()) == 1
+        # --out on a run being trained: named as such, not "delete the folder" (which was
+        # said while its first epoch ran, with no last.npz yet)
+        (run / "last.npz").rename(run / "last.npz.away")
+        assert run_main(main, "tinyseg.train", args + ["--out", str(run)]) == 1
+        err = capsys.readouterr().err
+        assert f"process {other.pid} is training this run" in err and "delete the folder" not in err
+        (run / "last.npz.away").rename(run / "last.npz")
     finally:
         other.kill()
         other.wait()

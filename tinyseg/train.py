@@ -1226,6 +1226,11 @@ def _main(argv: Optional[Sequence[str]], lock) -> int:
                 cfg.init = str(Path(cfg.init).resolve())
             out = Path(args.out) if args.out else \
                 Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if out.exists() and not out.is_dir():
+                raise UserError(f"--out {out}: is a file, not a folder")
+            # the lock first: a run another process is training now is said to be that, not
+            # "a run that stopped before its first checkpoint: delete the folder"
+            lock(out)
             if (out / "config.json").exists() and not (out / "last.npz").exists():
                 raise UserError(f"{out} holds a run that stopped before its first checkpoint "
                                 "(no last.npz, nothing to resume): delete the folder to start "
@@ -1233,13 +1238,10 @@ def _main(argv: Optional[Sequence[str]], lock) -> int:
             if (out / "config.json").exists() or (out / ENSEMBLE_MANIFEST).exists():
                 raise UserError(f"{out} already holds a run: continue it with --resume {out} "
                                 "or choose another --out")
-            if out.exists() and not out.is_dir():
-                raise UserError(f"--out {out}: is a file, not a folder")
             taken = run_files_in(out)
             if taken:
                 raise UserError(f"--out {out}: holds {', '.join(taken)}, which a run would "
                                 "replace; choose a new or empty folder")
-            lock(out)
             t0 = time.perf_counter()
             train, val = load_data(cfg, args.cache, progress=not args.quiet)
             if cfg.members > 1:

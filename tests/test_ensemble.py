@@ -293,6 +293,29 @@ def test_a_member_stopped_between_its_log_line_and_its_checkpoints_is_trained_ag
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_the_members_are_joined_says_so(data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the members finished, while they were joined or scored, printed "stopped
+    (Ctrl-C) before training started; nothing was saved"."""
+    import tinyseg.train_ensemble as te
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    real = te._join
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(te, "_join", interrupted)
+    run = tmp_path / "ens"
+    assert run_main(main, "tinyseg.train", run_args(data, run, "--members", "2", "--epochs",
+                                                    "1", "--no-test")) == 130
+    err = capsys.readouterr().err
+    assert "stopped while joining or scoring the trained members" in err
+    assert "before training started" not in err and "nothing was saved" not in err
+    monkeypatch.setattr(te, "_join", real)
+    assert run_main(main, "tinyseg.train", ["--resume", str(run), "--no-test"]) == 0
+    assert "2 already done" in capsys.readouterr().out and (run / "best.npz").is_file()
+
+
 def test_resumed_members_read_the_data_where_the_ensemble_says(tmp_path):
     """``--resume RUN --data NEW`` reaches every member: those that start afresh and those
     that go on from their own run directory."""

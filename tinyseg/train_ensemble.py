@@ -310,11 +310,17 @@ def _run_members(run_dir: Path, manifest: dict, jobs: int, cache: Optional[str],
         tail = "\n".join(tail.strip().splitlines()[-5:])
         raise UserError(f"member {failed} {_how_it_ended(failed_rc)} (see "
                         f"{member_dir(run_dir, failed)}/output.txt):\n{tail}")
+    again = f"python -m tinyseg.train --resume {shlex.quote(str(run_dir))}"
     if stopped:
-        print(f"stopped; each member saved its last.npz. Continue with: python -m "
-              f"tinyseg.train --resume {shlex.quote(str(run_dir))}", flush=True)
+        print(f"stopped; each member keeps what it saved (its last.npz, if it got that far). "
+              f"Continue with: {again}", flush=True)
         return 130
-    return _join(run_dir, manifest, cfg, cache, no_test, time.perf_counter() - t0)
+    try:
+        return _join(run_dir, manifest, cfg, cache, no_test, time.perf_counter() - t0)
+    except KeyboardInterrupt:   # not "before training started": every member is trained
+        print(f"\nstopped while joining or scoring the trained members; {again} does it",
+              file=sys.stderr, flush=True)
+        return 130
 
 
 def _last_record(d: Path) -> dict:

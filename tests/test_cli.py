@@ -209,3 +209,21 @@ def test_a_folder_where_a_file_goes_and_a_file_where_a_folder_goes_are_named(tmp
              "a.jpg: is a file, not a folder to download into")):
         assert run_main(main, prog, argv) == 1
         assert says in capsys.readouterr().err
+
+
+def test_the_run_lock_appears_with_its_owner_in_it(tmp_path, monkeypatch):
+    """The lock was created empty and written after: another process reading it in between
+    found no owner, took it for stale, and both trained the run. Now a finished file holding
+    the pid is linked into place, so the lock never exists without its owner."""
+    from tinyseg.io import LOCK_NAME, folder_lock
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        seen.append((open(src).read(), os.path.basename(dst)))
+        return real_link(src, dst)
+    monkeypatch.setattr(os, "link", link)
+    with folder_lock(tmp_path / "run") as path:
+        assert path.read_text() == f"{os.getpid()}\n"
+    assert seen == [(f"{os.getpid()}\n", LOCK_NAME)]
+    assert not (tmp_path / "run").exists()      # made for the lock, empty again: removed

@@ -153,22 +153,28 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(path)
-            if owner is not None and owner != os.getpid() and _alive(owner):
-                raise FolderBusy(f"{folder}: process {owner} is training this run; wait for it "
-                                 f"or stop it (if no such process is running, delete "
-                                 f"{path})") from None
-            path.unlink(missing_ok=True)          # its process is gone: a stale lock
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        break
-    else:
-        raise FolderBusy(f"{folder}: cannot take its lock {path}")
+    # the lock appears with its owner written in it (a hard link to a finished file): an
+    # empty lock file, read between its creation and its write, looked stale and was taken
+    fd, tmp = tempfile.mkstemp(prefix=LOCK_NAME + ".", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise FolderBusy(f"{folder}: process {owner} is training this run; wait "
+                                     f"for it or stop it (if no such process is running, "
+                                     f"delete {path})") from None
+                path.unlink(missing_ok=True)      # its process is gone: a stale lock
+                continue
+            break
+        else:
+            raise FolderBusy(f"{folder}: cannot take its lock {path}")
+    finally:
+        os.unlink(tmp)
     try:
         yield path
     finally:

@@ -698,14 +698,16 @@ def test_join_records_each_member_seed_last_log_line_and_the_val_limit(data, tmp
 def test_resume_with_jobs_alone_changes_the_jobs(tmp_path, monkeypatch):
     import tinyseg.train_ensemble as te
     seen = {}
-    monkeypatch.setattr(te, "_run_members",
-                        lambda run_dir, manifest, jobs, *a: seen.update(jobs=jobs) or 0)
+    monkeypatch.setattr(te, "_run_members", lambda run_dir, manifest, jobs, *a:
+                        seen.update(jobs=jobs, threads=manifest["threads"]) or 0)
+    monkeypatch.setattr(te, "available_threads", lambda: 2)
     (tmp_path / te.MANIFEST).write_text(json.dumps(
-        {"members": 3, "jobs": 3, "threads": 2, "train": {"data": "/x"},
+        {"members": 3, "jobs": 3, "threads": 1, "train": {"data": "/x"},
          "member_commands": ["a", "b", "c"]}))
     assert te.resume_ensemble(tmp_path, jobs=1, threads=None, cache=None, no_test=True,
                               report=None) == 0
-    assert seen["jobs"] == 1
+    # the jobs change; the run's --threads 1 stays (it became all the cores before)
+    assert seen == {"jobs": 1, "threads": 1}
 
 
 def test_command_never_overwrites_a_file_that_is_not_an_ensemble(tmp_path, capsys):

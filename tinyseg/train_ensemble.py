@@ -147,7 +147,9 @@ def resume_ensemble(run_dir: Path, *, jobs: Optional[int], threads: Optional[int
         raise UserError(f"{run_dir / MANIFEST}: damaged (members, jobs, threads, train or "
                         f"member_commands missing or inconsistent); cannot resume from it")
     if jobs is not None or threads is not None:
-        jobs, total = split_threads(threads, jobs, manifest["members"])
+        # a new --jobs alone keeps the run's thread count (it took all the cores before)
+        keep = threads if threads is not None else manifest["threads"]
+        jobs, total = split_threads(keep, jobs, manifest["members"])
         manifest.update(jobs=jobs, threads=total)
     if data is not None:
         manifest["train"]["data"] = str(Path(data).resolve())

@@ -475,7 +475,10 @@ class Trainer:
     def _check_stop(self) -> None:
         if self._stop_reason is None and self.max_seconds is not None \
                 and self.elapsed + self._session_seconds() >= self.max_seconds:
-            self._stop_reason = "time budget reached"
+            self._stop_reason = (f"time budget reached: the run has taken "
+                                 f"{(self.elapsed + self._session_seconds()) / 60:.1f} of its "
+                                 f"--max-minutes {self.max_seconds / 60:g}, earlier sessions "
+                                 f"counted; raise it to go on")
         if self._stop_reason is not None:
             raise Stopped(self._stop_reason)
 
@@ -1074,8 +1077,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cache", metavar="DIR", default=None,
       help="where the resized data is cached (default: $TINYSEG_CACHE or ~/.cache/tinyseg)")
     a("--max-minutes", type=float, metavar="M", default=None,
-      help="stop (as with Ctrl-C, resumable) once the run has taken M minutes (default: no "
-           "limit)")
+      help="stop (as with Ctrl-C, resumable) once the run has taken M minutes in all, its "
+           "earlier sessions counted (default: no limit)")
     a("--no-test", action="store_true",
       help="skip the test-split evaluation of best.npz at the end")
     a("--quiet", action="store_true", help="no progress line (epoch lines still printed)")

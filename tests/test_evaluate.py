@@ -183,58 +183,44 @@ def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monk
     here = tmp_path / "cwd"
     here.mkdir()
     monkeypatch.chdir(here)
-    assert run_main(main, "tinyseg.evaluate", [
-        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
-        "--split", "val", "--worst", "0", "--filter", "default", "--json"]) == 0
-    capsys.readouterr()
-    expected = (run if marker else here) / "eval-val-default" / "results.json"
+
+    def score(checkpoint, *flags, code=0):
+        """``evaluate`` on the validation split, without --out unless ``flags`` give it."""
+        assert run_main(main, "tinyseg.evaluate", [
+            "--checkpoint", str(checkpoint), "--data", str(root), "--cache", str(cache),
+            "--split", "val", "--worst", "0", *flags]) == code
+        return capsys.readouterr()
+
+    where = run if marker else here
+    score(run / "best.npz", "--filter", "default", "--json")
+    expected = where / "eval-val-default" / "results.json"
     assert expected.is_file()
     # the same checkpoint named from another folder is the same checkpoint: not refused
     monkeypatch.chdir(run)
-    assert run_main(main, "tinyseg.evaluate", [
-        "--checkpoint", "best.npz", "--data", str(root), "--cache", str(cache), "--out",
-        str(expected.parent), "--split", "val", "--worst", "0", "--filter", "default",
-        "--json"]) == 0
-    capsys.readouterr()
+    score("best.npz", "--filter", "default", "--json", "--out", str(expected.parent))
     monkeypatch.chdir(here)
-    assert run_main(main, "tinyseg.evaluate", [
-        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
-        "--split", "val", "--worst", "0", "--filter", "default", "--json"]) == 0
-    capsys.readouterr()
+    score(run / "best.npz", "--filter", "default", "--json")
     assert not ((here if marker else run) / "eval-val-default").exists()
     # last.npz beside it gets its own folder: best.npz's results stay (were overwritten)
     before = expected.read_bytes()
     shutil.copy(ckpt, run / "last.npz")
-    assert run_main(main, "tinyseg.evaluate", [
-        "--checkpoint", str(run / "last.npz"), "--data", str(root), "--cache", str(cache),
-        "--split", "val", "--worst", "0", "--filter", "wide", "--json"]) == 0
-    capsys.readouterr()
-    assert ((run if marker else here) / "eval-val-last-wide" / "results.json").is_file()
+    score(run / "last.npz", "--filter", "wide", "--json")
+    assert (where / "eval-val-last-wide" / "results.json").is_file()
     assert expected.read_bytes() == before
     # so do --flip and another --size (they overwrote the plain scoring's results too)
-    assert run_main(main, "tinyseg.evaluate", [
-        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
-        "--split", "val", "--worst", "0", "--filter", "wide", "--json", "--flip",
-        "--size", "24"]) == 0
-    capsys.readouterr()
-    assert ((run if marker else here) / "eval-val-24px-flip-wide" / "results.json").is_file()
+    score(run / "best.npz", "--filter", "wide", "--json", "--flip", "--size", "24")
+    assert (where / "eval-val-24px-flip-wide" / "results.json").is_file()
     assert expected.read_bytes() == before
     # and --limit (it replaced the whole split's scores with those of its first images)
-    assert run_main(main, "tinyseg.evaluate", [
-        "--checkpoint", str(run / "best.npz"), "--data", str(root), "--cache", str(cache),
-        "--split", "val", "--worst", "0", "--filter", "default", "--json", "--limit", "2"]) == 0
-    capsys.readouterr()
-    limited = (run if marker else here) / "eval-val-default-first2" / "results.json"
+    score(run / "best.npz", "--filter", "default", "--json", "--limit", "2")
+    limited = where / "eval-val-default-first2" / "results.json"
     assert json.loads(limited.read_text())["filters"]["default"]["images"] == 2
     assert expected.read_bytes() == before
     if marker is None:  # another best.npz outside a run: its scores would go to the same folder
         other = tmp_path / "other"
         other.mkdir()
         shutil.copy(ckpt, other / "best.npz")
-        assert run_main(main, "tinyseg.evaluate", [
-            "--checkpoint", str(other / "best.npz"), "--data", str(root), "--cache",
-            str(cache), "--split", "val", "--worst", "0", "--filter", "default"]) == 1
-        err = capsys.readouterr().err
+        err = score(other / "best.npz", "--filter", "default", code=1).err
         assert f"eval-val-default holds the scores of {(run / 'best.npz').resolve()}" in err
         assert "give --out DIR" in err and expected.read_bytes() == before
 

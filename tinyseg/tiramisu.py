@@ -358,7 +358,6 @@ class DenseBlock(Layer):
             for i in range(self.num_layers)]
         self.memory_efficient = bool(memory_efficient)
         self._buffer: Optional[np.ndarray] = None
-        self._naive_sizes: Optional[List[int]] = None
         self._path: Optional[str] = None   # the way the last forward went: "buffer", "naive"
 
     @property
@@ -461,7 +460,6 @@ class DenseBlock(Layer):
             x_l = layer.forward(input_l)
             new.append(x_l)
             input_l = concat([input_l, x_l])  # a new array: x₀ … x_ℓ copied once more
-        self._naive_sizes = [self.in_channels] + [self.growth_rate] * self.num_layers
         self._path = "naive"
         return concat(new) if self.new_features_only else input_l
 
@@ -483,7 +481,7 @@ class DenseBlock(Layer):
                     dx_l = dx_l + dx_new[i]
             d_layer_input = self.layers[i].backward(dx_l)
             d_input = d_layer_input if d_before is None else d_before + d_layer_input
-        self._naive_sizes = self._path = None
+        self._path = None
         return d_input
 
     def __repr__(self) -> str:
@@ -494,20 +492,6 @@ class DenseBlock(Layer):
 # ---------------------------------------------------------------------------------------------
 # Transition up
 # ---------------------------------------------------------------------------------------------
-
-def damaged_weights(state: Dict[str, np.ndarray]) -> Optional[str]:
-    """What is wrong with weights no training run can write (``None``: nothing): NaN or
-    infinite values, or a negative batch-norm running variance (its square root in batch
-    norm gives NaN, and a mask of all background without an error)."""
-    for name, v in state.items():
-        v = np.asarray(v)
-        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-            return (f"'{name}' holds NaN or infinite values (a damaged file, or weights from a "
-                    f"run that diverged)")
-        if name.endswith("running_var") and v.dtype.kind in "iuf" and np.any(v < 0):
-            return f"'{name}' holds negative values (a variance is at least 0: a damaged file)"
-    return None
-
 
 def centre_crop_offsets(size: Tuple[int, int], target: Tuple[int, int]) -> Tuple[int, int]:
     """``(top, left)`` of the centred ``target`` window inside ``size``: ``(S − T) // 2``."""
@@ -982,6 +966,20 @@ class Tiramisu(Layer):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"Tiramisu({args})"
+
+
+def damaged_weights(state: Dict[str, np.ndarray]) -> Optional[str]:
+    """What is wrong with weights no training run can write (``None``: nothing): NaN or
+    infinite values, or a negative batch-norm running variance (its square root in batch
+    norm gives NaN, and a mask of all background without an error)."""
+    for name, v in state.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            return (f"'{name}' holds NaN or infinite values (a damaged file, or weights from a "
+                    f"run that diverged)")
+        if name.endswith("running_var") and v.dtype.kind in "iuf" and np.any(v < 0):
+            return f"'{name}' holds negative values (a variance is at least 0: a damaged file)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ differ.
 
 Unreadable images (corrupt, truncated, missing, size differing from the annotation) are
 skipped when the cache is built, counted, stored in the cache's metadata and reported with a
-``BadImageWarning``; training never meets them, so an epoch cannot die half way.
+``BadImageWarning`` each time their split is loaded (once per split: a training run that
+loads train, val and test names each image once); training never meets them, so an epoch
+cannot die half way.
 """
 from __future__ import annotations
 
@@ -259,11 +261,13 @@ def prepare_sample(data: CocoData, image_id: int, size: int):
     return square, mask, box
 
 
-def warn_skipped(skipped: List[dict], stacklevel: int = 3) -> None:
+def warn_skipped(skipped: List[dict], split: str, stacklevel: int = 3) -> None:
+    """One warning per split loaded: each unreadable image is named once, when its split is
+    loaded (built or read from the cache), not again by the splits loaded after it."""
     if skipped:
         listing = list_some([f"{s['file']} ({s['reason']})" for s in skipped], 10)
-        warnings.warn(BadImageWarning(f"skipped {len(skipped)} unreadable image(s): {listing}"),
-                      stacklevel=stacklevel)
+        warnings.warn(BadImageWarning(f"skipped {len(skipped)} unreadable image(s) of the "
+                                      f"{split} split: {listing}"), stacklevel=stacklevel)
 
 
 def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
@@ -288,7 +292,6 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
     key = key or cache_key(sel, size)
     paths: Dict[str, Path] = {}
     mean = std = None
-    all_skipped: List[dict] = []
     for split in SPLITS:
         ids = sel.ids[split]
         images = np.empty((len(ids), size, size, 3), dtype=np.uint8)
@@ -316,7 +319,6 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
                 raise DataError(f"no readable training image in {sel.root} (train split: "
                                 f"{len(ids)} listed, {len(skipped)} unreadable)")
             mean, std = channel_stats(images, boxes)
-        all_skipped += skipped
         path = cache_path(cache_dir, sel.root, size, key, split)
         meta = _meta(sel, split, size, key, skipped)
         try:
@@ -330,7 +332,6 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
                             f"--cache-dir (tinyseg.data) or ${ENV_CACHE}") from None
         paths[split] = path
         del images, masks
-    warn_skipped(all_skipped)
     return paths
 
 
@@ -426,9 +427,8 @@ def load_split(root: Optional[PathLike], split: str, size: int,
         arrays = _read_cache(path, key, size)
         if arrays is None:
             raise DataError(f"{path}: the cache just written cannot be read back")
-    else:
-        warn_skipped(arrays["meta"]["skipped"])
     meta = arrays["meta"]
+    warn_skipped(meta["skipped"], split)
     return Dataset(images=arrays["images"], masks=arrays["masks"], ids=arrays["ids"],
                    mean=arrays["mean"], std=arrays["std"], boxes=arrays["boxes"], split=split,
                    size=size, filters=filters, cache_key=key, cache_path=path, root=sel.root,

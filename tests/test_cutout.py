@@ -304,6 +304,18 @@ def test_no_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert e.value.code == 2
 
 
+def test_probabilities_of_images_that_are_not_squares():
+    """The docstrings said (N, S, S); any H, W works (the network pads and crops): each
+    image's map has its own size and equals the map of the same image predicted alone."""
+    from tinyseg.infer import predict_probabilities
+    model = tiramisu_tiny(num_classes=2, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 3, 20, 13)).astype(np.float32)
+    p = predict_probabilities(model, x, batch_size=2)
+    assert p.shape == (2, 20, 13) and np.all((p >= 0) & (p <= 1))
+    alone = predict_probabilities(model, x[1:], batch_size=1)
+    np.testing.assert_allclose(p[1:], alone, rtol=0, atol=1e-6)
+
+
 def test_prediction_helpers_name_bad_arguments():
     """Each of these returned garbage or failed deep inside with a bare error."""
     from tinyseg.infer import predict_probabilities, softmax_person
@@ -312,7 +324,7 @@ def test_prediction_helpers_name_bad_arguments():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             predict_probabilities(model, x, batch_size=bad)
-    with pytest.raises(ValueError, match=r"expected an \(N, 3, S, S\) array, got list"):
+    with pytest.raises(ValueError, match=r"expected an \(N, 3, H, W\) array, got list"):
         predict_probabilities(model, x.tolist())           # an AttributeError before
     x[1, 0, 3, 3] = np.nan     # blamed the weights ("its weights are damaged") before
     with pytest.raises(ValueError, match="the input holds NaN or infinite values "

@@ -71,7 +71,11 @@ def softmax_person(logits: np.ndarray) -> np.ndarray:
 
 def predict_probabilities(model, x: np.ndarray, batch_size: int = 16,
                           flip: bool = False) -> np.ndarray:
-    """Person probabilities of normalised inputs ``x`` (N, 3, S, S) -> (N, S, S) float32.
+    """Person probabilities of normalised inputs ``x`` (N, 3, H, W) -> (N, H, W) float32.
+
+    Any H, W of at least 1 work (the Tiramisu pads to a multiple of 2**pools and crops its
+    logits back); the model predicts best at the square size it was trained at, which is
+    what ``photo_probability`` gives it.
 
     The model is put in eval mode (batch-norm running statistics, no dropout) and left in
     the mode it was in before.  ``flip=True`` averages with the mirrored image's prediction.
@@ -80,7 +84,7 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 16,
         raise ValueError(f"predict_probabilities: batch_size must be a positive integer, "
                          f"got {batch_size!r}")
     if not isinstance(x, np.ndarray) or x.ndim != 4:
-        raise ValueError(f"predict_probabilities: expected an (N, 3, S, S) array, got "
+        raise ValueError(f"predict_probabilities: expected an (N, 3, H, W) array, got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):     # not the weights' fault
         bad = int(np.argmax(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
@@ -106,7 +110,7 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 16,
 
 def predict_labels(model, x: np.ndarray, batch_size: int = 16, flip: bool = False,
                    threshold: float = 0.5) -> np.ndarray:
-    """(N, S, S) int64 labels: 1 where the person probability is at least ``threshold``."""
+    """(N, H, W) int64 labels: 1 where the person probability is at least ``threshold``."""
     return (predict_probabilities(model, x, batch_size, flip) >= threshold).astype(np.int64)
 
 
@@ -174,12 +178,16 @@ class Predictor:
                    std=np.asarray(info["std"], np.float32), info=info, path=Path(path))
 
     def normalize(self, images_uint8: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, 3, S, S) float32, ``(pixel/255 − mean) / std``."""
+        """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, ``(pixel/255 − mean) / std``."""
         return normalize(images_uint8, self.mean, self.std)
 
     def probabilities(self, images_uint8: np.ndarray, batch_size: int = 16,
                       flip: bool = False) -> np.ndarray:
-        """Person probabilities of letterboxed uint8 squares (N, S, S, 3) -> (N, S, S)."""
+        """Person probabilities of uint8 images (N, H, W, 3) -> (N, H, W).
+
+        Any size works (see ``predict_probabilities``); the letterboxed squares of
+        ``self.size`` that ``photo_probability`` passes are what the model was trained on.
+        """
         return predict_probabilities(self.model, self.normalize(images_uint8), batch_size, flip)
 
     def photo_probability(self, rgb: np.ndarray, flip: bool = False) -> np.ndarray:

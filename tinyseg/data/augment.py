@@ -11,7 +11,10 @@ so ``s > 1`` crops a random window of the zoomed picture and ``s < 1`` shrinks i
 (image ``PAD_RGB``, mask background).
 
 Light (the original's worst failures were dark and badly lit photos; the ranges lean
-towards darker).  With v in [0, 1] and m the image's mean level::
+towards darker).  With v in [0, 1] and m the image's mean level (the mean of the whole
+square after the geometry, letterbox padding included, and the padding is relit with the
+picture: a simplification kept because every recorded run was trained with it; the pivot
+only moves where contrast leaves values unchanged)::
 
     v1 = b v                               brightness b, log-uniform
     v2 = m b + c (v1 - m b)                contrast c around the (brightened) mean, log-uniform

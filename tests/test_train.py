@@ -212,6 +212,23 @@ def test_run_directory_and_log(data, tmp_path):
     np.testing.assert_array_equal(info["mean"], tr.train_data.mean)
 
 
+def test_progress_says_when_the_eta_leaves_out_validation(data, tmp_path):
+    """The ETA counted training only until the first validation was timed, without saying
+    so (it looked done when every epoch still had its validation to come)."""
+    lines = []
+    cfg = tiny(data, epochs=2)
+    train, val = load_data(cfg, data[1], progress=False)
+    tr = Trainer(cfg, train, val, tmp_path / "run", report=lambda s, *a: lines.append(s))
+    tr.write_config()
+    tr.run()
+    progress = [l for l in lines if "ETA" in l]
+    first = [l for l in progress if l.startswith("epoch 1/")]
+    second = [l for l in progress if l.startswith("epoch 2/")]
+    assert first and second
+    assert all(l.endswith(" + validation") for l in first)
+    assert not any("validation" in l for l in second)
+
+
 @pytest.mark.parametrize("recompute", [0, 6])
 def test_validated_and_saved_model_has_the_recomputed_statistics(data, tmp_path, recompute):
     """With recompute_bn, best.npz holds batch-norm statistics averaged over the first N

@@ -708,8 +708,10 @@ class Trainer:
         remaining_epochs = self.cfg.epochs - self.epoch
         eta = remaining_batches * self.cfg.batch_size / max(rate, 1e-9) \
             + remaining_epochs * self._val_time
+        # until this session's first validation is timed, the ETA counts training only
+        later = " + validation" if remaining_epochs and not self._val_time else ""
         self.report(f"epoch {self.epoch + 1}/{self.cfg.epochs}  batch {self.batch}/{self.steps}"
-                    f"  loss {loss:.4f}  {rate:.1f} img/s  ETA {_clock(eta)}", False)
+                    f"  loss {loss:.4f}  {rate:.1f} img/s  ETA {_clock(eta)}{later}", False)
 
     def _draw(self) -> None:
         """The epoch's picture of fixed validation images and the curves."""

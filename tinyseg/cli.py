@@ -17,14 +17,16 @@ Threads
 ``--threads N`` sets the threads of the numba kernels (``numba.set_num_threads``); the
 convolutions run that many images at once (``tinyseg.kernels.conv``); the BLAS library
 NumPy uses for matrix products (OpenBLAS) is kept at **one** thread per caller.  Measured
-on this 2-core machine, idle, one training step of ``tiramisu_tiny``, 64x64, batch 8,
-before the convolutions split their images: numba 2 + BLAS 1 thread: 22 images/s; numba
+on the project's first 2-core machine (an Intel Xeon, 2026-11-26), idle, one training step
+of ``tiramisu_tiny``, 64x64, batch 8, before the convolutions split their images: numba 2 + BLAS 1 thread: 22 images/s; numba
 1 + BLAS 1: 15.5; numba 2 + BLAS 2: 8.9.  Two thread pools that both spin-wait for work
 fight over the same cores (numba's OpenMP workers after each parallel loop, OpenBLAS's
 after each product), and on a busy machine the two-pool setting was 10-20x slower still.
 With the convolutions' own image threads and ``OMP_WAIT_POLICY=PASSIVE`` (set in
 ``tinyseg/__init__.py``) the same step takes 235 ms with 1 thread and 165 ms with 2 (34
-and 48 images/s; ``python -m benchmarks``, ``benchmarks/results/latest.md``, Intel Xeon).  Set
+and 48 images/s; ``python -m benchmarks``, ``benchmarks/results/2026-11-27-intel-xeon.md``,
+Intel Xeon), and 286 and 184 ms (28 and 43 images/s; ``benchmarks/results/latest.md``,
+2026-11-28) on the AMD EPYC the project runs on now.  Set
 ``TINYSEG_BLAS_THREADS`` to override the BLAS setting.  OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
 imported, which has already happened by the time a command parses its flags; so
 :func:`set_threads` also asks the loaded OpenBLAS directly through its C function

@@ -18,20 +18,21 @@ Threads
 convolutions run that many images at once (``tinyseg.kernels.conv``); the BLAS library
 NumPy uses for matrix products (OpenBLAS) is kept at **one** thread per caller.  Measured
 on the project's first 2-core machine (an Intel Xeon, 2026-11-26), idle, one training step
-of ``tiramisu_tiny``, 64x64, batch 8, before the convolutions split their images: numba 2 + BLAS 1 thread: 22 images/s; numba
-1 + BLAS 1: 15.5; numba 2 + BLAS 2: 8.9.  Two thread pools that both spin-wait for work
-fight over the same cores (numba's OpenMP workers after each parallel loop, OpenBLAS's
-after each product), and on a busy machine the two-pool setting was 10-20x slower still.
-With the convolutions' own image threads and ``OMP_WAIT_POLICY=PASSIVE`` (set in
-``tinyseg/__init__.py``) the same step takes 235 ms with 1 thread and 165 ms with 2 (34
-and 48 images/s; ``python -m benchmarks``, ``benchmarks/results/2026-11-27-intel-xeon.md``,
-Intel Xeon), and 286 and 184 ms (28 and 43 images/s; ``benchmarks/results/latest.md``,
-2026-11-28) on the AMD EPYC the project runs on now.  Set
-``TINYSEG_BLAS_THREADS`` to override the BLAS setting.  OpenBLAS reads ``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first
-imported, which has already happened by the time a command parses its flags; so
-:func:`set_threads` also asks the loaded OpenBLAS directly through its C function
-``openblas_set_num_threads`` (found with :mod:`ctypes`).  That is what ``threadpoolctl``
-does, in the twenty lines tinyseg needs, without a new dependency.
+of ``tiramisu_tiny``, 64x64, batch 8, before the convolutions split their images:
+numba 2 + BLAS 1 thread: 22 images/s; numba 1 + BLAS 1: 15.5; numba 2 + BLAS 2: 8.9.  Two thread
+pools that both spin-wait for work fight over the same cores (numba's OpenMP workers after
+each parallel loop, OpenBLAS's after each product), and on a busy machine the two-pool
+setting was 10-20x slower still. With the convolutions' own image threads and
+``OMP_WAIT_POLICY=PASSIVE`` (set in ``tinyseg/__init__.py``) the same step takes 235 ms
+with 1 thread and 165 ms with 2 (34 and 48 images/s; ``python -m benchmarks``,
+``benchmarks/results/2026-11-27-intel-xeon.md``, Intel Xeon), and 286 and 184 ms (28 and
+43 images/s; ``benchmarks/results/latest.md``, 2026-11-28) on the AMD EPYC the project
+runs on now.  Set ``TINYSEG_BLAS_THREADS`` to override the BLAS setting.  OpenBLAS reads
+``OPENBLAS_NUM_THREADS`` only when it is loaded, i.e. when NumPy is first imported, which
+has already happened by the time a command parses its flags; so :func:`set_threads` also
+asks the loaded OpenBLAS directly through its C function ``openblas_set_num_threads``
+(found with :mod:`ctypes`).  That is what ``threadpoolctl`` does, in the twenty lines
+tinyseg needs, without a new dependency.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def run_main(main: Callable[[Optional[Sequence[str]]], int], prog: str,
     So do the errors that come from the user's machine rather than from tinyseg: a file
     system that refuses a path (``OSError``: a file where a folder should be, no permission,
     a full disk, a read-only file that would be replaced), named with the path, and running
-    out of memory (``MemoryError``, e.g. ``--batch-size 100000``).  ``TINYSEG_TRACEBACK=1`` shows the traceback of those two instead.
+    out of memory (``MemoryError``, e.g. ``--batch-size 100000``).  ``TINYSEG_TRACEBACK=1``
+    shows the traceback of those two instead.
     """
     try:
         with plain_warnings(prog):

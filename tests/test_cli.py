@@ -227,3 +227,34 @@ def test_the_run_lock_appears_with_its_owner_in_it(tmp_path, monkeypatch):
         assert path.read_text() == f"{os.getpid()}\n"
     assert seen == [(f"{os.getpid()}\n", LOCK_NAME)]
     assert not (tmp_path / "run").exists()      # made for the lock, empty again: removed
+
+
+def test_the_run_lock_works_where_hard_links_are_refused(tmp_path, monkeypatch):
+    """On a file system without hard links (FAT, exFAT, some network shares) os.link raises
+    PermissionError or OSError(ENOTSUP): no run could be trained there. The lock is then
+    created exclusively, still with its owner in it, and still refuses a live owner."""
+    import errno
+    import subprocess
+    import sys
+    from tinyseg.io import FolderBusy, LOCK_NAME, folder_lock
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted", dst)
+    monkeypatch.setattr(os, "link", no_links)
+    run = tmp_path / "run"
+    with folder_lock(run) as path:
+        assert path.name == LOCK_NAME and path.read_text() == f"{os.getpid()}\n"
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]     # no temporary left
+    assert not run.exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        run.mkdir()
+        (run / LOCK_NAME).write_text(f"{other.pid}\n")
+        with pytest.raises(FolderBusy, match=f"process {other.pid} is training this run"):
+            with folder_lock(run):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    with folder_lock(run) as path:           # its owner gone: a stale lock, taken over
+        assert path.read_text() == f"{os.getpid()}\n"

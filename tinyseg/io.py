@@ -140,6 +140,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _link_or_create(tmp: str, path: Path) -> None:
+    """Make ``path`` appear holding ``tmp``'s content, or raise ``FileExistsError``.
+
+    A hard link does it in one step.  File systems without hard links (FAT and exFAT
+    drives, some network shares) refuse it with another ``OSError``; there the lock is
+    created exclusively and written at once, which leaves a moment in which another process
+    could read it empty (and take it for stale) instead of no moment at all.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(Path(tmp).read_text())
+
+
 @contextmanager
 def folder_lock(folder: PathLike) -> Iterator[Path]:
     """Hold ``folder/.tinyseg-lock`` (this process's id) while the block runs.
@@ -161,7 +179,7 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
     try:
         for _ in range(3):
             try:
-                os.link(tmp, path)
+                _link_or_create(tmp, path)
             except FileExistsError:
                 owner = _lock_owner(path)
                 if owner is not None and owner != os.getpid() and _alive(owner):

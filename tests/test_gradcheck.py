@@ -38,3 +38,33 @@ def test_relative_error_is_scaled_by_the_larger_gradient():
     assert relative_error(np.zeros(3), np.array([0.0, 1e-3, 0.0])) == 1.0
     assert relative_error(np.array([0.0, 2.0]), np.array([0.0, 4.0])) == 0.5
     assert relative_error(np.array([4.0]), np.array([2.0])) == 0.5
+
+
+def test_relative_error_compares_entry_by_entry_with_signs():
+    """A measure that compared only the largest magnitudes (``|max|a| − max|n||``) passed
+    every case above and scored 0 for a permuted or sign-flipped gradient (mutation audit,
+    2026-11-28): every layer's gradient check would have passed such a backward."""
+    assert relative_error(np.array([1.0, 2.0]), np.array([2.0, 1.0])) == 0.5
+    assert relative_error(np.array([1.0]), np.array([-1.0])) == 2.0
+    assert relative_error(np.array([3.0, -1.0]), np.array([-1.0, 3.0])) == 4.0 / 3.0
+
+
+class _Flip(ReLU):
+    """A linear layer y = x[..., ::-1] with a wrong backward: the gradient not mirrored back,
+    or with its sign flipped."""
+
+    def __init__(self, mistake):
+        super().__init__()
+        self.mistake = mistake
+
+    def forward(self, x):
+        return x[..., ::-1].copy()
+
+    def backward(self, dout):
+        return -dout[..., ::-1].copy() if self.mistake == "sign" else dout.copy()
+
+
+@pytest.mark.parametrize("mistake", ["not mirrored", "sign"])
+def test_gradcheck_fails_a_wrong_backward(mistake):
+    x = np.random.default_rng(1).standard_normal((1, 2, 3, 4))
+    assert gradcheck(_Flip(mistake), x)["input"] > 0.1

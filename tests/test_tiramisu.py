@@ -75,6 +75,29 @@ def test_dense_layer_gradcheck_eval_mode(efficient, rng):
     assert_grads_ok(gradcheck(layer, rng.standard_normal((2, 5, 4, 4)), rng=rng))
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_dense_layer_paths_agree_where_the_batch_norm_gives_exactly_zero(mode):
+    """At z = BN(x) = 0 the ReLU passes no gradient on either path (the plain one's ReLU
+    layer and the memory-efficient one's recompute). Random inputs never hit 0, so the
+    gradient checks could not tell a ``>=`` from a ``>`` in the eval-mode recompute
+    (mutation audit, 2026-11-28); inputs at the running mean (eval) or a channel whose
+    values are all equal (train, z = 0 everywhere) do."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 4))
+    x[:, :, ::2, ::2] = 0.0                 # eval: the running mean (0), so z = 0 there
+    if mode == "train":
+        x[:, 1] = 0.5                       # a constant channel: x̂ = 0, z = β = 0
+    dout = rng.standard_normal((2, 2, 4, 4))
+    dx = {}
+    for efficient in (True, False):
+        layer = DenseLayer(3, 2, dropout=0.0, rng=np.random.default_rng(1), dtype=np.float64,
+                           memory_efficient=efficient)
+        layer.train(mode == "train")
+        layer.forward(x)
+        dx[efficient] = layer.backward(dout)
+    np.testing.assert_allclose(dx[True], dx[False], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("new_only", [False, True])
 @pytest.mark.parametrize("efficient", [True, False])
 def test_dense_block_gradcheck(new_only, efficient, rng):

@@ -229,6 +229,41 @@ def test_progress_says_when_the_eta_leaves_out_validation(data, tmp_path):
     assert not any("validation" in l for l in second)
 
 
+def test_each_epoch_takes_the_next_images_new_augmentation_and_logs_their_mean_loss(
+        data, tmp_path, monkeypatch):
+    """Three things no test held (mutation audit, 2026-11-28): epoch e trains on the stream's
+    window e (not the first window again), with augmentation drawn for that epoch (not the
+    same every epoch), and log.jsonl's loss is the mean of the epoch's batch losses (it
+    could have been divided by the batch size once more)."""
+    seen, losses = [], []
+    real_batch, real_step = train_mod.make_batch, Trainer.train_step
+
+    def batch(dataset, idx, mean, std, augment, rng):
+        seen.append((idx.copy(), rng.bit_generator.state["state"]["state"]))
+        return real_batch(dataset, idx, mean, std, augment, rng)
+
+    def step(self, x, y):
+        losses.append(real_step(self, x, y))
+        return losses[-1]
+    monkeypatch.setattr(train_mod, "make_batch", batch)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    cfg = tiny(data, epochs=2)
+    tr = new_trainer(cfg, data, tmp_path / "run")
+    tr.write_config()
+    tr.run()
+    S, B, n = tr.steps, cfg.batch_size, len(tr.train_data)
+    assert len(seen) == 2 * S
+    for e in range(2):
+        order = np.concatenate([idx for idx, _ in seen[e * S:(e + 1) * S]])
+        np.testing.assert_array_equal(order, train_mod.stream_indices(cfg.seed, n, e * S * B,
+                                                                      S * B))
+    assert not np.array_equal(seen[0][0], seen[S][0])
+    assert all(seen[b][1] != seen[S + b][1] for b in range(S))      # augmentation per epoch
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    for e in range(2):
+        assert log[e]["loss"] == pytest.approx(np.mean(losses[e * S:(e + 1) * S]), rel=1e-12)
+
+
 @pytest.mark.parametrize("recompute", [0, 6])
 def test_validated_and_saved_model_has_the_recomputed_statistics(data, tmp_path, recompute):
     """With recompute_bn, best.npz holds batch-norm statistics averaged over the first N

@@ -420,3 +420,47 @@ def test_out_that_is_a_file_is_refused_before_scoring(setup, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "exists and is not a folder" in captured.err and "scoring" not in captured.err
     assert out.read_text() == "mine"
+
+
+class _Constant:
+    """A stand-in model whose logits are the same at every pixel: person probability
+    ``p = e^l / (1 + e^l)`` with ``l = log(p / (1 − p))``; p = 0.5 is exact (equal logits)."""
+
+    def __init__(self, p):
+        self.l = 0.0 if p == 0.5 else float(np.log(p / (1 - p)))
+        self.training = False
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        out = np.zeros((x.shape[0], 2) + x.shape[2:], dtype=x.dtype)
+        out[:, 1] = self.l
+        return out
+
+
+def test_a_probability_of_exactly_one_half_is_a_person_everywhere():
+    """The rule is p ≥ threshold (0.5), in evaluate, in the labels of the training pictures
+    and in cutout alike; a tie went untested outside cutout (mutation audit, 2026-11-28)."""
+    from tinyseg.infer import predict_labels
+    images = np.full((2, 8, 8, 3), 100, np.uint8)
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, 2:6, 2:6] = 1
+    boxes = np.array([[0, 0, 8, 8]] * 2)
+    ev = evaluate_dataset(_Constant(0.5), images, masks, boxes, [0.4] * 3, [0.2] * 3)
+    assert np.all(ev.pred_coverage == 1.0)
+    assert ev.person_iou == pytest.approx(16 / 64)
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    assert np.all(predict_labels(_Constant(0.5), x) == 1)
+
+
+def test_predict_labels_uses_its_threshold():
+    from tinyseg.infer import predict_labels
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    assert np.all(predict_labels(_Constant(0.6), x) == 1)
+    assert np.all(predict_labels(_Constant(0.6), x, threshold=0.7) == 0)

@@ -264,3 +264,11 @@ def test_a_schedule_of_a_zero_learning_rate_reloads_its_own_state():
     with pytest.raises(ValueError, match="base_lr >= 0"):
         again.load_state_dict(dict(sched.state_dict(), base_lr=-1.0))
 
+
+
+def test_defaults_are_pytorchs_except_the_papers_learning_rate():
+    """alpha 0.99, eps 1e-8, no weight decay: torch.optim.RMSprop's defaults; lr 1e-3, the
+    Tiramisu paper's (PyTorch's is 1e-2). Held without PyTorch too: the comparison with
+    torch.optim.RMSprop runs only where it is installed (mutation audit, 2026-11-28)."""
+    opt = RMSprop(Tiny(np.random.default_rng(0)).named_parameters())
+    assert (opt.lr, opt.alpha, opt.eps, opt.weight_decay) == (1e-3, 0.99, 1e-8, 0.0)

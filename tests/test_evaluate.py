@@ -167,6 +167,27 @@ def test_command_outputs(setup, tmp_path, capsys):
     assert "person IoU" in text and "per-image IoU" in text and "flip" in text
 
 
+def test_results_hold_the_counts_that_make_the_iou_and_its_bootstrap_range(setup, tmp_path,
+                                                                          capsys):
+    """Each image's intersection and union pool to the person IoU, and the bootstrap range
+    in results.json is ``bootstrap_range`` of those counts in the order listed: a reader can
+    recompute both from the file alone."""
+    from tinyseg.metrics import bootstrap_range
+    root, cache, ckpt = setup
+    args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split",
+            "val", "--out", str(tmp_path / "ev"), "--filter", "default", "--worst", "0"]
+    assert run_main(main, "tinyseg.evaluate", args + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)["filters"]["default"]
+    inter = np.array([p["intersection"] for p in r["per_image"]])
+    union = np.array([p["union"] for p in r["per_image"]])
+    assert inter.sum() / union.sum() == pytest.approx(r["person_iou"], abs=1e-12)
+    b = r["person_iou_bootstrap"]
+    assert b == bootstrap_range(inter, union)                 # redone from the file alone
+    assert b["level"] == 0.95 and b["draws"] == 10000 and b["low"] <= r["person_iou"] <= b["high"]
+    assert run_main(main, "tinyseg.evaluate", args) == 0
+    assert f"95 % within {b['low']:.3f}-{b['high']:.3f}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("marker", ["config.json", "ensemble.json", None])
 def test_results_go_beside_a_checkpoint_in_a_run_directory(setup, tmp_path, monkeypatch,
                                                            capsys, marker):

@@ -137,18 +137,6 @@ def test_per_image_counts_pool_to_the_person_iou():
     assert (inter[4], union[4]) == (np.sum(p & t), np.sum(p | t))
 
 
-def test_bootstrap_known_distribution():
-    """Two images, one right (I = U = 1) and one wrong (I = 0, U = 1): a draw of two holds
-    0, 1 or 2 copies of the right one, IoU 0, 1/2, 1 with probability 1/4, 1/2, 1/4."""
-    scores = bootstrap.bootstrap(np.array([1, 0]), np.array([1, 1]), 40000,
-                                 np.random.default_rng(0))
-    for value, p in ((0.0, 0.25), (0.5, 0.5), (1.0, 0.25)):
-        assert np.mean(scores == value) == pytest.approx(p, abs=0.01)
-    same = bootstrap.bootstrap(np.array([[3, 3, 3], [1, 2, 3]]), np.array([[4, 4, 4]] * 2),
-                               50, np.random.default_rng(1))
-    assert same.shape == (2, 50) and np.all(same[0] == 0.75)     # identical images: no spread
-
-
 def test_bootstrap_script_scores_two_models_on_the_same_draws(setup, capsys):
     root, cache, ckpt = setup
     args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache)]

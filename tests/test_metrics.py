@@ -187,3 +187,29 @@ def test_confusion_matrix_rows_are_truth_columns_are_prediction():
     K3 = confusion_matrix(np.array([[2, 2, 0]]), np.array([[0, 1, 0]]), num_classes=3)
     np.testing.assert_array_equal(K3, [[1, 0, 1], [0, 0, 1], [0, 0, 0]])
     np.testing.assert_allclose(iou_per_class(K3), [0.5, 0.0, 0.0], atol=1e-12)
+
+
+def test_bootstrap_known_distribution():
+    """Two images, one right (I = U = 1) and one wrong (I = 0, U = 1): a draw of two holds
+    0, 1 or 2 copies of the right one, IoU 0, 1/2, 1 with probability 1/4, 1/2, 1/4."""
+    from tinyseg.metrics import bootstrap_iou
+    scores = bootstrap_iou(np.array([1, 0]), np.array([1, 1]), 40000, np.random.default_rng(0))
+    for value, p in ((0.0, 0.25), (0.5, 0.5), (1.0, 0.25)):
+        assert np.mean(scores == value) == pytest.approx(p, abs=0.01)
+    same = bootstrap_iou(np.array([[3, 3, 3], [1, 2, 3]]), np.array([[4, 4, 4]] * 2), 50,
+                         np.random.default_rng(1))
+    assert same.shape == (2, 50) and np.all(same[0] == 0.75)     # identical images: no spread
+    # the default generator is seeded: the same draws every time
+    np.testing.assert_array_equal(bootstrap_iou([1, 2, 0], [2, 3, 4], 30),
+                                  bootstrap_iou([1, 2, 0], [2, 3, 4], 30))
+
+
+def test_bootstrap_of_nothing_to_measure_and_bad_counts():
+    from tinyseg.metrics import bootstrap_iou
+    assert np.all(np.isnan(bootstrap_iou([0, 0], [0, 0], 5)))      # no person anywhere
+    for inter, union in (([2], [1]), ([-1], [3]), ([1, 2], [3]), ([np.nan], [1.0]), ([], [])):
+        with pytest.raises(ValueError, match="bootstrap_iou: expected"):
+            bootstrap_iou(inter, union, 5)
+    for draws in (0, 2.5, True):
+        with pytest.raises(ValueError, match="draws must be a positive integer"):
+            bootstrap_iou([1], [2], draws)

@@ -22,6 +22,11 @@ Accumulated, not averaged: ``person_iou`` over a batch (and ``IoUMeter`` over an
 intersections and unions over *all pixels* before dividing; ``per_image_iou`` gives one IoU
 per image if you want the mean of per-image scores instead (it weighs small persons more).
 
+**How far would the figure move on other images?**  ``bootstrap_iou`` draws the split's N
+images N times *with replacement*, many times over, and pools each draw's intersections and
+unions (Efron's bootstrap): the spread of those IoUs, and the range that holds 95 % of them,
+say how much of a test figure is the choice of test images.
+
 Inputs are integer (or bool) label arrays of shape (N, H, W) or (H, W): class indices, not
 logits — take ``logits.argmax(axis=1)`` first.
 """
@@ -32,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "pixel_accuracy", "person_iou",
-           "per_image_iou", "IoUMeter"]
+           "per_image_iou", "bootstrap_iou", "bootstrap_range", "IoUMeter"]
 
 PERSON = 1
 
@@ -151,6 +156,59 @@ def per_image_iou(pred: np.ndarray, target: np.ndarray, cls: int = PERSON) -> np
     union = np.sum(p | t, axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+
+
+def bootstrap_iou(inter, union, draws: int = 10000,
+                  rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Pooled IoUs of ``draws`` bootstrap draws of the images: (draws,) float64.
+
+    ``inter`` and ``union`` are each image's pixel counts of one class (N,), or (K, N) for K
+    models scored on the *same* draws (a paired bootstrap: then (K, draws)).  Each draw picks
+    N images with replacement and gives ``Σ inter / Σ union`` over them; a draw whose union
+    is 0 gives ``nan``.  ``rng`` defaults to ``numpy.random.default_rng(0)``: the same
+    draws every time.
+    """
+    inter = np.asarray(inter)
+    union = np.asarray(union)
+    if inter.shape != union.shape or inter.ndim not in (1, 2) or inter.shape[-1] < 1:
+        raise ValueError(f"bootstrap_iou: expected two arrays of the same shape (N,) or (K, N) "
+                         f"with N >= 1, got {inter.shape} and {union.shape}")
+    if inter.dtype.kind not in "iuf" or union.dtype.kind not in "iuf" \
+            or not (np.all(np.isfinite(inter)) and np.all(np.isfinite(union))):
+        raise ValueError("bootstrap_iou: expected finite pixel counts")
+    if np.any(inter < 0) or np.any(inter > union):
+        raise ValueError("bootstrap_iou: expected 0 <= intersection <= union for every image")
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ValueError(f"bootstrap_iou: draws must be a positive integer, got {draws!r}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    n = inter.shape[-1]
+    picks = rng.integers(0, n, size=(int(draws), n))      # the same draws for every model
+    i = inter.astype(np.float64)[..., picks].sum(axis=-1)
+    u = union.astype(np.float64)[..., picks].sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(u > 0, i / np.where(u > 0, u, 1), np.nan)
+
+
+def bootstrap_range(inter, union, level: float = 0.95, draws: int = 10000,
+                    seed: int = 0) -> Optional[dict]:
+    """The range holding ``level`` of the pooled IoUs of ``draws`` bootstrap draws.
+
+    ``{"level", "low", "high", "std", "draws", "seed"}`` from :func:`bootstrap_iou` with
+    ``numpy.random.default_rng(seed)`` on the counts in the order given (another order
+    draws other images: the same range up to the bootstrap's own noise, not the same
+    bits); ``None`` when there are no images or no draw has anything to measure.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_range: level must be between 0 and 1, got {level!r}")
+    if len(inter) == 0:
+        return None
+    scores = bootstrap_iou(inter, union, draws, np.random.default_rng(seed))
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        return None
+    lo, hi = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)])
+    return {"level": level, "low": float(lo), "high": float(hi), "std": float(scores.std()),
+            "draws": int(draws), "seed": int(seed)}
 
 
 class IoUMeter:

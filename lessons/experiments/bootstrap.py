@@ -3,7 +3,8 @@
 The test split of the original's filter has 38 images. Draw 38 of them *with replacement*,
 score the model on that draw (person IoU, all pixels pooled, as ``tinyseg.evaluate``), and
 repeat: the spread of those scores says how far the figure could move on another 38 photos
-like these (Efron's bootstrap). With ``--against B`` both models are scored on the same
+like these (Efron's bootstrap; ``tinyseg.metrics.bootstrap_iou``, which ``evaluate`` uses for
+the 95 % range it prints). With ``--against B`` both models are scored on the same
 draws, and the spread of the *difference* says whether one is really better than the other
 (a paired bootstrap: the photos that are hard for one are mostly hard for the other).
 
@@ -17,6 +18,7 @@ from common import open_predictor, parser, predict_split, run
 
 from tinyseg.data.errors import DataError
 from tinyseg.evaluate import IGNORE, eval_targets
+from tinyseg.metrics import bootstrap_iou
 
 
 def per_image_counts(pred: np.ndarray, masks: np.ndarray, boxes: np.ndarray):
@@ -28,15 +30,6 @@ def per_image_counts(pred: np.ndarray, masks: np.ndarray, boxes: np.ndarray):
     inter = np.sum(p & t, axis=(1, 2), dtype=np.int64)
     union = np.sum(p | t, axis=(1, 2), dtype=np.int64)
     return inter, union
-
-
-def bootstrap(inter: np.ndarray, union: np.ndarray, draws: int, rng: np.random.Generator):
-    """(draws,) pooled IoUs, each of len(inter) images drawn with replacement.
-
-    ``inter`` and ``union`` may be (K, N) for K models scored on the same draws."""
-    n = inter.shape[-1]
-    picks = rng.integers(0, n, size=(draws, n))            # the same draws for every model
-    return inter[..., picks].sum(axis=-1) / union[..., picks].sum(axis=-1)
 
 
 def summary(name: str, point: float, scores: np.ndarray, goal: float | None = None) -> str:
@@ -71,7 +64,7 @@ def main(argv=None) -> None:
         print(f"{predictor.path}: {len(sp.ids)} images, '{args.filter}' filter, {args.split}")
     inter = np.stack([c[0] for c in counts])
     union = np.stack([c[1] for c in counts])
-    scores = bootstrap(inter, union, args.draws, np.random.default_rng(args.seed))
+    scores = bootstrap_iou(inter, union, args.draws, np.random.default_rng(args.seed))
     points = inter.sum(axis=1) / union.sum(axis=1)
     for k, name in enumerate(names):
         print(summary(f"model {'AB'[k]}", points[k], scores[k], args.goal))

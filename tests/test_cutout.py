@@ -257,6 +257,31 @@ def test_command_mask_soft_and_background(ckpt, tmp_path):
     assert (rgb[bg] == [0, 0, 255]).all() and (rgb[~bg] == photo[~bg]).all()
 
 
+def test_a_folder_stands_for_its_photos_but_not_for_this_commands_outputs(ckpt, tmp_path,
+                                                                            capsys):
+    """A folder argument was 'skipped: is a directory'. Now it stands for its photos (by
+    name, any case of suffix, not its sub-folders), and run again with -o the same folder
+    it does not cut out its own outputs; a folder without photos is a failure."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "empty").mkdir()
+    write_jpeg(photos / "b.jpg", 30, 20)
+    write_jpeg(photos / "A.JPG", 20, 30, seed=1)
+    write_jpeg(photos / "sub" / "c.jpg", 20, 20)
+    (photos / "notes.txt").write_text("not a photo")
+    run = ["--checkpoint", str(ckpt), "-o", str(photos)]
+    for _ in range(2):
+        assert run_main(main, "tinyseg.cutout", [str(photos)] + run) == 0
+        said = capsys.readouterr()
+        names = [ln.split(" (")[0] for ln in said.out.splitlines()]
+        assert names == [str(photos / "A.JPG"), str(photos / "b.jpg")]
+    assert "left out 2 file(s) named like this command's outputs" in said.err
+    assert sorted(p.name for p in photos.glob("*.png")) == ["A-cutout.png", "b-cutout.png"]
+    assert not (photos / "sub" / "c-cutout.png").exists()
+    assert run_main(main, "tinyseg.cutout", [str(photos / "empty")] + run) == 1
+    assert "empty: skipped: a folder with no photo in it" in capsys.readouterr().err
+
+
 def test_unreadable_inputs_are_reported_and_others_done(ckpt, tmp_path, capsys):
     write_jpeg(tmp_path / "good.jpg", 40, 30)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")

@@ -18,7 +18,7 @@ A photo with its own transparency (a PNG with alpha) is seen by the network laid
 padding colour, and what it made transparent stays transparent: ``α`` is multiplied by it.
 
 Outputs are ``<name>-cutout.png`` (or ``<name>-mask.png``) in ``-o DIR`` (default: the current
-directory).  A file that cannot be read is reported by name; the others are still done, and
+directory).  A folder given as input stands for the photos in it (``expand_folders``).  A file that cannot be read is reported by name; the others are still done, and
 the exit code is then 1.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -147,6 +148,41 @@ def real_path(path) -> Path:
         return Path(os.path.abspath(path))
 
 
+#: Files a folder argument stands for (compared in lower case).
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+#: What this command writes: a folder's earlier outputs are not photos to cut out again.
+OWN_OUTPUT = re.compile(r"-(cutout|mask)(-\d+)?\.png$", re.IGNORECASE)
+
+
+def expand_folders(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Each folder among ``inputs`` replaced by its photos (not its sub-folders), by name;
+    returns ``(photos, notes)``.  A folder's photos are its files with a ``PHOTO_SUFFIXES``
+    suffix, less the ``-cutout.png``/``-mask.png`` files this command wrote (so that ``photos/
+    -o photos/`` run twice does not cut out its own outputs).  A folder with no photo stays
+    in the list, to be reported as a failure like any unreadable input."""
+    photos: List[str] = []
+    notes: List[str] = []
+    for inp in inputs:
+        folder = Path(inp)
+        if not folder.is_dir():
+            photos.append(inp)
+            continue
+        try:
+            files = sorted(f for f in folder.iterdir()
+                           if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
+        except OSError as e:
+            photos.append(inp)
+            notes.append(f"{inp}: cannot list the folder ({e.strerror or e})")
+            continue
+        own = [f for f in files if OWN_OUTPUT.search(f.name)]
+        files = [f for f in files if not OWN_OUTPUT.search(f.name)]
+        if own:
+            notes.append(f"{inp}: left out {len(own)} file(s) named like this command's "
+                         f"outputs (*-cutout.png, *-mask.png)")
+        photos.extend(str(f) for f in files) if files else photos.append(inp)
+    return photos, notes
+
+
 def output_names(inputs: Sequence[str], out_dir: Path, suffix: str) -> List[Path]:
     """``<stem><suffix>.png`` in ``out_dir`` for each input; repeated stems get -2, -3, …, and
     so does a name that is one of the inputs (``x.png x-cutout.png -o .`` must not write the
@@ -187,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                "that do not parse.",
         formatter_class=HelpFormatter)
     a = p.add_argument
-    a("photos", nargs="+", metavar="PHOTO", help="image files (JPEG, PNG, ...)")
+    a("photos", nargs="+", metavar="PHOTO",
+      help="image files (JPEG, PNG, ...), or folders: each stands for the photos in it "
+           "(not in its sub-folders), less this command's own *-cutout.png/*-mask.png")
     a("-o", "--out", metavar="DIR", default=".",
       help="output directory; files are named <photo name>-cutout.png (or -mask.png)")
     a("--checkpoint", metavar="FILE", default=None,
@@ -241,10 +279,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as e:
         raise UserError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
     mode = "mask" if args.mask else "rgba"
-    names = output_names(args.photos, out_dir, "-mask" if args.mask else "-cutout")
+    photos, notes = expand_folders(args.photos)
+    for note in notes:
+        print(f"{PROG}: {note}", file=sys.stderr)
+    names = output_names(photos, out_dir, "-mask" if args.mask else "-cutout")
     failed = 0
-    for photo, target in zip(args.photos, names):
+    for photo, target in zip(photos, names):
         try:
+            if Path(photo).is_dir():
+                raise BadImage("a folder with no photo in it (.jpg, .png, .webp, ...)")
             if real_path(photo) == real_path(target):
                 raise BadImage("the output would overwrite the input; choose another -o")
             with warnings.catch_warnings(record=True) as caught:
@@ -265,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         print(f"{photo} ({w}x{h}) -> {target}")
     if failed:
-        print(f"{PROG}: {len(args.photos) - failed} of {len(args.photos)} photos written, "
+        print(f"{PROG}: {len(photos) - failed} of {len(photos)} photos written, "
               f"{failed} failed", file=sys.stderr)
         return 1
     return 0

@@ -514,6 +514,11 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
     assert "epoch 1/1" in text and "test split" in text
     tests = json.loads((out / "test.json").read_text())
     assert {"person_iou", "mean_iou", "pixel_accuracy"} <= set(tests["default"])
+    d = tests["default"]       # the counts make the IoU, and the range is redone from them
+    assert sum(d["intersection"]) / sum(d["union"]) == pytest.approx(d["person_iou"], abs=1e-12)
+    assert len(d["ids"]) == len(d["union"]) == d["images"]
+    from tinyseg.metrics import bootstrap_range
+    assert d["person_iou_bootstrap"] == bootstrap_range(d["intersection"], d["union"])
     # the same --out again is refused; --resume with more epochs goes on
     assert run_main(main, "tinyseg.train", args) == 1
     assert "already holds a run" in capsys.readouterr().err

@@ -35,7 +35,8 @@ The run directory (``--out``)::
     last.npz            the latest state, to resume from (also written on Ctrl-C)
     pictures/epoch_NNNN.png   the same validation images every epoch: image | truth | prediction
     curves.png          loss and IoU against epoch
-    test.json           at the end: IoU of best.npz on the test split(s)
+    test.json           at the end: IoU of best.npz on the test split(s), with each image's
+                        intersection and union and the IoU's bootstrap range
 
 Ctrl-C finishes the current batch, writes ``last.npz`` and stops (exit code 130); a second
 Ctrl-C stops at once.  ``--resume RUN`` goes on from ``last.npz`` and ends where an
@@ -77,7 +78,7 @@ from .infer import NonFiniteOutput, predict_labels
 from .io import FolderBusy, atomic_write_bytes, folder_lock, writable_path
 from .layers.batchnorm import recompute_running_stats
 from .losses import lovasz_softmax, softmax_cross_entropy
-from .metrics import confusion_matrix, iou_per_class
+from .metrics import bootstrap_range, confusion_matrix, iou_per_class
 from .optim import ExponentialLR, RMSprop
 from .tiramisu import PRESETS as MODEL_PRESETS, Tiramisu
 
@@ -944,7 +945,13 @@ def test_report(checkpoint: Path, cfg: TrainConfig, cache_dir=None,
                                   info["std"])
         if not ev.finite:
             raise CheckpointError(f"{checkpoint}: {NonFiniteOutput()}")
-        out[name] = {"images": len(ds), **ev.summary()}
+        out[name] = {"images": len(ds), **ev.summary(),
+                     # the counts that make the person IoU, and how far it moves on other
+                     # draws of these images (as evaluate reports it; redone from this file
+                     # with tinyseg.metrics.bootstrap_range)
+                     "person_iou_bootstrap": bootstrap_range(ev.intersection, ev.union),
+                     "ids": [int(i) for i in ds.ids],
+                     "intersection": ev.intersection.tolist(), "union": ev.union.tolist()}
     return out
 
 

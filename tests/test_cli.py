@@ -258,3 +258,20 @@ def test_the_run_lock_works_where_hard_links_are_refused(tmp_path, monkeypatch):
         other.wait()
     with folder_lock(run) as path:           # its owner gone: a stale lock, taken over
         assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_python_m_tinyseg_lists_every_command(capsys):
+    """``python -m tinyseg`` was 'No module named tinyseg.__main__'. It lists the commands:
+    every module of the package with a ``main`` (and the data package's), none missing."""
+    import importlib
+    import pkgutil
+    import tinyseg
+    from tinyseg.__main__ import COMMANDS, main
+    have = {"tinyseg.data"} | {
+        f"tinyseg.{m.name}" for m in pkgutil.iter_modules(tinyseg.__path__)
+        if not m.ispkg and m.name != "__main__"
+        and callable(getattr(importlib.import_module(f"tinyseg.{m.name}"), "main", None))}
+    assert {name for name, _ in COMMANDS} == have
+    assert main() == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name}  " in out or f"  {name} " in out for name in have)

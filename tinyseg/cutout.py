@@ -18,8 +18,9 @@ A photo with its own transparency (a PNG with alpha) is seen by the network laid
 padding colour, and what it made transparent stays transparent: ``α`` is multiplied by it.
 
 Outputs are ``<name>-cutout.png`` (or ``<name>-mask.png``) in ``-o DIR`` (default: the current
-directory).  A folder given as input stands for the photos in it (``expand_folders``).  A file that cannot be read is reported by name; the others are still done, and
-the exit code is then 1.
+directory).  A folder given as input stands for the photos in it (``expand_folders``).  A
+file that cannot be read is reported by name; the others are still done, and the exit code
+is then 1.
 """
 from __future__ import annotations
 
@@ -179,7 +180,10 @@ def expand_folders(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
         if own:
             notes.append(f"{inp}: left out {len(own)} file(s) named like this command's "
                          f"outputs (*-cutout.png, *-mask.png)")
-        photos.extend(str(f) for f in files) if files else photos.append(inp)
+        if files:
+            photos.extend(str(f) for f in files)
+        else:
+            photos.append(inp)          # reported as a failure by the caller
     return photos, notes
 
 

@@ -19,8 +19,8 @@ both are zero) taken over the checked entries (one number per array, the worst c
 Two cases where that number says nothing: an array whose true gradient is zero (a bias
 followed by batch norm in training mode, which subtracts it again) gives analytic values
 near 1e-16 and numeric ones near 1e-10 for a single layer (about 1e-8 through a whole
-Tiramisu, whose larger loss has larger rounding steps), both rounding noise, and a relative error near 1;
-look at their absolute size instead.  And in float32 the central difference itself is
+Tiramisu, whose larger loss has larger rounding steps), both rounding noise, and a relative
+error near 1; look at their absolute size instead.  And in float32 the central difference itself is
 noise at ε = 1e-6 (errors of 0.1 are common): check in float64.
 """
 from __future__ import annotations

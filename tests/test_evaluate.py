@@ -1,5 +1,6 @@
 """Evaluation: pooled and per-image IoU (padding not counted), flip averaging, the command."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -485,3 +486,25 @@ def test_predict_labels_uses_its_threshold():
     x = np.zeros((1, 3, 4, 4), np.float32)
     assert np.all(predict_labels(_Constant(0.6), x) == 1)
     assert np.all(predict_labels(_Constant(0.6), x, threshold=0.7) == 0)
+
+
+def test_a_split_with_no_person_anywhere_is_reported_not_a_traceback(tmp_path, capsys):
+    """With no person in any image's labels or prediction the per-image distribution is
+    empty and the text report read d['mean']: KeyError (own-data audit, 2026-11-28)."""
+    root = tmp_path / "coco"
+    data = make_coco_dir(root, [FakeImage(persons=[(10, 8, 40, 40)]) for _ in range(40)])
+    for a in data["annotations"]:
+        a["segmentation"] = []          # bounding boxes only: all-background masks
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    model = tiramisu_tiny(rng=np.random.default_rng(0))
+    state = model.state_dict()
+    state["finalconv.weight"][...] = 0.0
+    state["finalconv.bias"][...] = [5.0, -5.0]         # background everywhere
+    model.load_state_dict(state)
+    ckpt = save_model(tmp_path / "m.npz", model, make_meta(32, [0.5] * 3, [0.25] * 3))
+    args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(tmp_path / "c"),
+            "--filter", "all", "--split", "val", "--out", str(tmp_path / "ev"), "--worst", "0"]
+    assert run_main(main, "tinyseg.evaluate", args) == 0
+    assert "per-image IoU: none (no image has a person" in capsys.readouterr().out
+    r = json.loads((tmp_path / "ev" / "results.json").read_text())["filters"]["all"]
+    assert r["per_image_iou"] == {"images": 0} and math.isnan(r["person_iou"])

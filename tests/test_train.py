@@ -264,6 +264,23 @@ def test_each_epoch_takes_the_next_images_new_augmentation_and_logs_their_mean_l
         assert log[e]["loss"] == pytest.approx(np.mean(losses[e * S:(e + 1) * S]), rel=1e-12)
 
 
+def test_masks_without_a_person_pixel_are_refused_before_training(tmp_path, capsys):
+    """Bounding-box-only annotations (``segmentation: []``) passed ``--filter all``; the run
+    trained on all-background masks, logged a validation IoU of NaN, wrote no best.npz and
+    said only 'done' (own-data audit, 2026-11-28)."""
+    root = tmp_path / "coco"
+    data = make_coco_dir(root, [FakeImage(persons=[(10, 8, 40, 40)]) for _ in range(30)])
+    for a in data["annotations"]:
+        a["segmentation"] = []
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    args = ["--preset", "tiny", "--data", str(root), "--cache", str(tmp_path / "c"),
+            "--filter", "all", "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]
+    assert run_main(main, "tinyseg.train", args) == 1
+    err = capsys.readouterr().err
+    assert "split of" in err and "has no person pixel in its masks" in err
+    assert "bounding boxes only" in err and not (tmp_path / "run" / "log.jsonl").exists()
+
+
 @pytest.mark.parametrize("recompute", [0, 6])
 def test_validated_and_saved_model_has_the_recomputed_statistics(data, tmp_path, recompute):
     """With recompute_bn, best.npz holds batch-norm statistics averaged over the first N

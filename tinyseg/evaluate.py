@@ -401,10 +401,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if b:
             print(f"  person IoU on other draws of {r['images']} images like these (bootstrap): "
                   f"95 % within {b['low']:.3f}-{b['high']:.3f}, spread (std) {b['std']:.3f}")
-        print(f"  per-image IoU: mean {d['mean']:.3f}, median {d['median']:.3f}, "
-              f"10 % {d['p10']:.3f}, 25 % {d['p25']:.3f}, 75 % {d['p75']:.3f}, "
-              f"min {d['min']:.3f}")
-        print(histogram_text(d))
+        if not d.get("images"):     # no person in any image's labels or prediction
+            print("  per-image IoU: none (no image has a person in its labels or in the "
+                  "prediction)")
+        else:
+            print(f"  per-image IoU: mean {d['mean']:.3f}, median {d['median']:.3f}, "
+                  f"10 % {d['p10']:.3f}, 25 % {d['p25']:.3f}, 75 % {d['p75']:.3f}, "
+                  f"min {d['min']:.3f}")
+            print(histogram_text(d))
         worst = ", ".join(f"{w['id']} ({w['iou']:.2f})" for w in r["per_image"][:5]
                           if w["iou"] is not None)
         print(f"  worst: {worst}")

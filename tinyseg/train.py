@@ -306,7 +306,13 @@ def load_data(cfg: TrainConfig, cache_dir=None, progress: bool = True):
     if len(val) == 0:
         raise DataError(f"the validation split of {train.root} is empty with the "
                         f"'{cfg.filter}' filter: it needs more images")
-    return _limit(train, cfg.train_limit), _limit(val, cfg.val_limit)
+    train, val = _limit(train, cfg.train_limit), _limit(val, cfg.val_limit)
+    for ds in (train, val):     # all-background masks: nothing to learn, no IoU to measure
+        if len(ds) and not np.any(ds.masks == 1):
+            raise DataError(f"the {ds.split} split of {ds.root} ('{cfg.filter}' filter, "
+                            f"{len(ds)} images) has no person pixel in its masks: are the "
+                            f"person annotations' segmentations empty (bounding boxes only)?")
+    return train, val
 
 
 def _limit(ds, n: Optional[int]):

@@ -217,6 +217,7 @@ def test_bad_images_warn_on_stderr_not_traceback(root, tmp_path, capsys):
     code, out, err = _run(["bench", "--data", str(root), "--cache-dir", str(tmp_path / "c"),
                            "--size", "16"], capsys)
     assert code == 1 and "no readable training image" in err and "Traceback" not in err
+    assert "not an image" in err     # the reason, not only a count (own-data audit)
 
 
 def test_module_runs_as_a_program(root, tmp_path):

@@ -316,8 +316,9 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
         images, masks, boxes = images[:n], masks[:n], boxes[:n]
         if split == "train":
             if n == 0:
+                why = list_some([f"{x['file']} ({x['reason']})" for x in skipped], 3)
                 raise DataError(f"no readable training image in {sel.root} (train split: "
-                                f"{len(ids)} listed, {len(skipped)} unreadable)")
+                                f"{len(ids)} listed, {len(skipped)} unreadable: {why})")
             mean, std = channel_stats(images, boxes)
         path = cache_path(cache_dir, sel.root, size, key, split)
         meta = _meta(sel, split, size, key, skipped)

@@ -1,4 +1,5 @@
 """tinyseg.data.cache: load_split builds, keys, reuses and reports the training-size cache."""
+import json
 import os
 import re
 from pathlib import Path
@@ -220,6 +221,42 @@ def test_images_arriving_later_rebuild_the_cache(root, tmp_path):
     parts = [load_split(root, s, 16, cache_dir=cache, progress=False)
              for s in ("train", "val", "test")]
     assert any(image_id in p.ids for p in parts) and not any(p.skipped for p in parts)
+
+
+def test_a_skipped_image_put_right_in_place_or_in_a_sub_folder_rebuilds_the_cache(tmp_path):
+    """The key stamps the image folders' mtimes only: an image restored into a sub-folder
+    (``file_name`` with folders) or re-saved in place at the right size left the cache as
+    it was, and training went on without it (own-data audit, 2026-11-28). A cache now
+    notes each skipped file's size and time and is built again when one changes."""
+    root = tmp_path / "coco"
+    specs = [FakeImage(persons=[(8, 6, 40, 40)]) for _ in range(30)]
+    data = make_coco_dir(root, specs)
+    sub = root / "train2017" / "cam1"
+    sub.mkdir()
+    first = root / "train2017" / data["images"][0]["file_name"]
+    moved = sub / first.name
+    first.rename(moved)
+    data["images"][0]["file_name"] = f"cam1/{first.name}"
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+
+    def everything(cache):
+        return set().union(*(set(load_split(root, s, 24, cache_dir=cache,
+                                            progress=False).ids.tolist())
+                             for s in ("train", "val", "test")))
+    image_id = data["images"][0]["id"]
+    aside = tmp_path / first.name
+    moved.rename(aside)                                # missing when the cache is built
+    with pytest.warns(BadImageWarning, match="file not found"):
+        assert image_id not in everything(tmp_path / "c")
+    aside.rename(moved)                                # back, its old mtime kept by rename
+    assert image_id in everything(tmp_path / "c")
+    # the wrong size, then re-saved right where it is
+    good = np.asarray(Image.open(moved))
+    Image.fromarray(good[:20]).save(moved, format="JPEG")
+    with pytest.warns(BadImageWarning, match="differs from the annotation"):
+        assert image_id not in everything(tmp_path / "c2")
+    Image.fromarray(good).save(moved, format="JPEG")
+    assert image_id in everything(tmp_path / "c2")
 
 
 def test_nothing_is_written_in_the_data_root(root, tmp_path):

@@ -18,8 +18,11 @@ written into all three splits so validation and test are normalised like trainin
 
 The key is a hash of everything that changes the content: format version, data root,
 annotation files (name, size, mtime), image folders (name, mtime), filters, size, resizing
-policy and the kept image ids.  (An image overwritten in place does not change its folder's
-mtime: pass ``rebuild=True`` then.)  Change any of them and a new cache is built; files are written atomically
+policy and the kept image ids.  (An image overwritten in place, or added in a sub-folder,
+does not change its folder's mtime.  So a cache that skipped an image is built again when
+that file has changed since, as when a missing or damaged image is put right; another
+image overwritten in place needs ``rebuild=True``, or the cache folder removed.)  Change any
+of them and a new cache is built; files are written atomically
 (``tinyseg.io.atomic_save_npz``), so an interrupted build leaves no broken cache.  Nothing is
 ever written inside the data root (it may be read-only).
 
@@ -305,8 +308,9 @@ def build_cache(sel: Selection, size: int, cache_dir: Optional[PathLike] = None,
                 try:
                     sq, m, box = prepare_sample(data, image_id, size)
                 except BadImage as e:
-                    skipped.append({"id": int(image_id), "file": str(data.records[image_id].path),
-                                    "reason": str(e)})
+                    path = data.records[image_id].path
+                    skipped.append({"id": int(image_id), "file": str(path), "reason": str(e),
+                                    "stamp": _stamp_or_none(path)})
                 else:
                     n = len(kept)
                     images[n], masks[n], boxes[n] = sq, m, box
@@ -390,8 +394,25 @@ def _read_cache(path: Path, key: str, size: int) -> Optional[dict]:
     if not isinstance(meta, dict) or meta.get("key") != key \
             or meta.get("version") != CACHE_VERSION or not well_formed(arrays, meta, size):
         return None
+    if _skipped_changed(meta.get("skipped", [])):
+        return None     # a skipped image was put right since: build again, with it
     arrays["meta"] = meta
     return arrays
+
+
+def _stamp_or_none(path) -> Optional[list]:
+    """``_file_stamp`` (path, size, mtime) of a file, or None when it cannot be seen."""
+    try:
+        return _file_stamp(Path(path))
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def _skipped_changed(skipped: List[dict]) -> bool:
+    """Whether a file that a cache skipped has changed since (appeared, was replaced or
+    rewritten): then the image may be readable now."""
+    return any(isinstance(s, dict) and _stamp_or_none(s.get("file")) != s.get("stamp")
+               for s in skipped)
 
 
 def load_split(root: Optional[PathLike], split: str, size: int,

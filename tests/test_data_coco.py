@@ -226,6 +226,25 @@ def test_binary_file_is_a_clear_error(tmp_path):
         read_coco_json(path)
 
 
+@pytest.mark.parametrize("segmentation, says", [
+    ([[0, 0, 10, 0, 10, 10, 0]], "a polygon has 7 numbers; it needs x, y pairs"),
+    ([], r"no polygon of 3 or more points \(\[\] points\)"),
+    ([[0, 0, 10, 10]], r"no polygon of 3 or more points \(\[2\] points\)"),
+    ([[0, 0, 10, 10], []], "a bounding box alone cannot teach segmentation"),
+])
+def test_polygons_that_give_no_mask_or_lose_a_point_are_clear_errors(tmp_path, segmentation,
+                                                                     says):
+    """An odd-length polygon lost its last x without a word; a person with no polygon of
+    3 or more points (bounding-box-only exports: ``[]``) counted as one of the image's
+    persons but was background in its mask (own-data audit, 2026-11-28)."""
+    data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
+    data["annotations"][0]["segmentation"] = segmentation
+    path = tmp_path / "instances_x.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=says):
+        read_coco_json(path)
+
+
 def test_bad_segmentations_are_clear_errors(tmp_path):
     data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
     data["annotations"][0]["segmentation"] = [[0, 0, float("nan"), 1, 2, 2]]

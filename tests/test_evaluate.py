@@ -494,7 +494,7 @@ def test_a_split_with_no_person_anywhere_is_reported_not_a_traceback(tmp_path, c
     root = tmp_path / "coco"
     data = make_coco_dir(root, [FakeImage(persons=[(10, 8, 40, 40)]) for _ in range(40)])
     for a in data["annotations"]:
-        a["segmentation"] = []          # bounding boxes only: all-background masks
+        a["segmentation"] = [[100, 100, 110, 100, 110, 110]]   # outside: no person pixel
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
     model = tiramisu_tiny(rng=np.random.default_rng(0))
     state = model.state_dict()

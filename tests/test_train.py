@@ -265,20 +265,21 @@ def test_each_epoch_takes_the_next_images_new_augmentation_and_logs_their_mean_l
 
 
 def test_masks_without_a_person_pixel_are_refused_before_training(tmp_path, capsys):
-    """Bounding-box-only annotations (``segmentation: []``) passed ``--filter all``; the run
-    trained on all-background masks, logged a validation IoU of NaN, wrote no best.npz and
-    said only 'done' (own-data audit, 2026-11-28)."""
+    """Masks with no person pixel (bounding-box-only exports, now refused when the
+    annotations are read; here outlines outside the pictures) passed ``--filter all``: the
+    run trained on all-background masks, logged a validation IoU of NaN, wrote no best.npz
+    and said only 'done' (own-data audit, 2026-11-28)."""
     root = tmp_path / "coco"
     data = make_coco_dir(root, [FakeImage(persons=[(10, 8, 40, 40)]) for _ in range(30)])
     for a in data["annotations"]:
-        a["segmentation"] = []
+        a["segmentation"] = [[100, 100, 110, 100, 110, 110]]   # outside: no person pixel
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
     args = ["--preset", "tiny", "--data", str(root), "--cache", str(tmp_path / "c"),
             "--filter", "all", "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet"]
     assert run_main(main, "tinyseg.train", args) == 1
     err = capsys.readouterr().err
     assert "split of" in err and "has no person pixel in its masks" in err
-    assert "bounding boxes only" in err and not (tmp_path / "run" / "log.jsonl").exists()
+    assert "outlines lie inside" in err and not (tmp_path / "run" / "log.jsonl").exists()
 
 
 @pytest.mark.parametrize("recompute", [0, 6])

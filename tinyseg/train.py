@@ -310,8 +310,8 @@ def load_data(cfg: TrainConfig, cache_dir=None, progress: bool = True):
     for ds in (train, val):     # all-background masks: nothing to learn, no IoU to measure
         if len(ds) and not np.any(ds.masks == 1):
             raise DataError(f"the {ds.split} split of {ds.root} ('{cfg.filter}' filter, "
-                            f"{len(ds)} images) has no person pixel in its masks: are the "
-                            f"person annotations' segmentations empty (bounding boxes only)?")
+                            f"{len(ds)} images) has no person pixel in its masks: do the "
+                            f"person outlines lie inside their pictures?")
     return train, val
 
 

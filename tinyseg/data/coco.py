@@ -359,6 +359,14 @@ def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> None:
                     for v in poly):
                 raise _fail(path, f"{where}: a polygon must be a list of finite numbers "
                                   "[x0, y0, x1, y1, ...]")
+            if len(poly) % 2:        # its last x would have been dropped without a word
+                raise _fail(path, f"{where}: a polygon has {len(poly)} numbers; it needs x, y "
+                                  f"pairs (an even count)")
+        if not any(len(poly) >= 6 for poly in seg):   # the person would be background
+            raise _fail(path, f"{where}: no polygon of 3 or more points "
+                              f"({[len(p) // 2 for p in seg]} points); a bounding box alone "
+                              f"cannot teach segmentation: give the person's outline, or "
+                              f"leave the annotation out")
         return
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if not isinstance(seg["size"], list) or seg["size"] != [size[0], size[1]]:

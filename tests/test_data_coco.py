@@ -1,4 +1,5 @@
 """tinyseg.data.coco: data root, annotation checks, polygons and masks, filter steps, split."""
+import copy
 import json
 import subprocess
 import sys
@@ -285,6 +286,22 @@ def test_unknown_category_lists_the_available_ones(tmp_path):
     make_coco_dir(tmp_path, [FakeImage(persons=[(0, 0, 10, 10)])])
     with pytest.raises(DataError, match=r"no category named 'cat'.*dog, person"):
         load_coco(tmp_path, category="cat")
+
+
+def test_category_names_as_exporters_write_them(tmp_path):
+    """'Person' (as labelling tools export it) failed with 'no category named person'; a
+    class that is not person says how to train it (own-data audit, 2026-11-28)."""
+    data = copy.deepcopy(make_coco_dir(tmp_path, [FakeImage(persons=[(0, 0, 10, 10)])]))
+    path = tmp_path / "annotations" / "instances_train2017.json"
+    for c in data["categories"]:
+        c["name"] = {"person": "Person ", "dog": "dog"}[c["name"]]
+    path.write_text(json.dumps(data))
+    assert len(load_coco(tmp_path).ids()) == 1
+    for c in data["categories"]:
+        c["name"] = {"Person ": "people", "dog": "dog"}[c["name"]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="name it 'person' in the annotation file"):
+        load_coco(tmp_path)
 
 
 def test_pycocotools_chatter_stays_off_stdout(tmp_path, capsys):

@@ -257,6 +257,12 @@ def union_area(anns: Sequence[dict], height: int, width: int) -> int:
 
 
 # -- reading and checking annotation files ----------------------------------------------
+def same_category(name, wanted: str) -> bool:
+    """Category names compared as exporters write them: ``Person`` and ``person `` are
+    ``person``."""
+    return isinstance(name, str) and name.strip().casefold() == wanted.strip().casefold()
+
+
 def _fail(path: Path, what: str) -> DataError:
     return DataError(f"{path}: {what}")
 
@@ -327,7 +333,8 @@ def check_coco(data, path: PathLike, category: Optional[str] = None) -> None:
         if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) \
                 or not isinstance(cat.get("name"), str):
             raise _fail(path, f"categories[{i}] needs an integer 'id' and a 'name'")
-    checked = {c["id"] for c in data["categories"] if category is None or c["name"] == category}
+    checked = {c["id"] for c in data["categories"]
+               if category is None or same_category(c["name"], category)}
     sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
     ann_ids = set()
     for i, ann in enumerate(data["annotations"]):
@@ -542,11 +549,13 @@ def load_coco(root: PathLike, category: str = "person",
     cocos: Dict[Path, COCO] = {}
     for f in files:
         data = read_coco_json(f, category)
-        cat_ids = [c["id"] for c in data["categories"] if c["name"] == category]
+        cat_ids = [c["id"] for c in data["categories"] if same_category(c["name"], category)]
         if not cat_ids:
             names = sorted({c["name"] for c in data["categories"]})
+            hint = ("; train and evaluate use the 'person' category: to train another class, "
+                    "name it 'person' in the annotation file" if category == "person" else "")
             raise DataError(f"{f}: no category named {category!r} (categories: "
-                            f"{list_some(names, 12) or 'none'})")
+                            f"{list_some(names, 12) or 'none'}){hint}")
         coco = _pycocotools_index(data)
         cocos[f] = coco
         if images_dir is not None:

@@ -98,7 +98,7 @@ def coco_dict(specs: Sequence[FakeImage], first_id: int = 1,
                          "segmentation": [rect_polygon(r)], "area": float((x1 - x0) * (y1 - y0)),
                          "bbox": [x0, y0, x1 - x0, y1 - y0]})
     return {"info": {"description": "tinyseg fixture"}, "licenses": [], "images": images,
-            "annotations": anns, "categories": CATEGORIES}
+            "annotations": anns, "categories": [dict(c) for c in CATEGORIES]}
 
 
 def make_coco_dir(root: PathLike, specs: Optional[Sequence[FakeImage]] = None, *,

@@ -232,6 +232,7 @@ def test_binary_file_is_a_clear_error(tmp_path):
     ([], r"no polygon of 3 or more points \(\[\] points\)"),
     ([[0, 0, 10, 10]], r"no polygon of 3 or more points \(\[2\] points\)"),
     ([[0, 0, 10, 10], []], "a bounding box alone cannot teach segmentation"),
+    (None, r"no 'segmentation' \(bounding boxes only\?\)"),
 ])
 def test_polygons_that_give_no_mask_or_lose_a_point_are_clear_errors(tmp_path, segmentation,
                                                                      says):
@@ -239,7 +240,10 @@ def test_polygons_that_give_no_mask_or_lose_a_point_are_clear_errors(tmp_path, s
     3 or more points (bounding-box-only exports: ``[]``) counted as one of the image's
     persons but was background in its mask (own-data audit, 2026-11-28)."""
     data = coco_dict([FakeImage(persons=[(0, 0, 10, 10)])])
-    data["annotations"][0]["segmentation"] = segmentation
+    if segmentation is None:
+        del data["annotations"][0]["segmentation"]
+    else:
+        data["annotations"][0]["segmentation"] = segmentation
     path = tmp_path / "instances_x.json"
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match=says):

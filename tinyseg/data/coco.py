@@ -392,6 +392,9 @@ def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> None:
             raise _fail(path, f"{where}: RLE runs add up to {sum(runs)} pixels, expected "
                               f"{size[0]} x {size[1]} = {size[0] * size[1]}")
         return
+    if seg is None:
+        raise _fail(path, f"{where}: no 'segmentation' (bounding boxes only?); a person "
+                          f"needs an outline (polygons) or an RLE mask")
     raise _fail(path, f"{where}: 'segmentation' must be polygons (a list) or an RLE "
                       f"({{'counts', 'size'}}), got {type(seg).__name__}")
 

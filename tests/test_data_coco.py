@@ -502,3 +502,14 @@ def test_json_cut_inside_a_string_is_called_truncated(tmp_path):
     with pytest.raises(DataError, match=r"\(Unterminated string starting at line 1, column "
                                         r"\d+\); the file looks truncated"):
         read_coco_json(path)
+
+
+def test_annotation_files_that_list_no_image_are_named(tmp_path):
+    """An empty 'images' list said 'the filters leave no image: 0 images ...' without the
+    file (own-data audit, 2026-11-28)."""
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances_x.json"
+    path.write_text(json.dumps({"images": [], "annotations": [],
+                                "categories": [{"id": 1, "name": "person"}]}))
+    with pytest.raises(DataError, match=r"instances_x\.json: no image listed \('images' is empty\)"):
+        filter_images(load_coco(tmp_path, require_images=False), FilterConfig())

@@ -684,5 +684,8 @@ def filter_images(data: CocoData, cfg: FilterConfig = FilterConfig(),
     ids = keep(ids, covers, names[4])
     result = FilterResult(cfg, list(zip(names, counts)), ids, rejected, coverage)
     if require_nonempty and not ids:
+        if not counts[0]:       # nothing to filter: say where the images should be listed
+            listing = list_some([str(f) for f in data.files], 3)
+            raise DataError(f"{listing}: no image listed ('images' is empty)")
         raise DataError(f"the filters leave no image: {result.inline()}")
     return result

@@ -339,13 +339,15 @@ def test_filter_leaving_nothing_is_a_data_error_with_counts(root, tmp_path):
 
 
 def test_an_annotation_file_listing_no_image_says_so(tmp_path):
-    """It said 'image folder not found ... (e.g. ?)' (second fuzzing helper)."""
+    """It said 'image folder not found ... (e.g. ?)' (second fuzzing helper), then 'the
+    filters leave no image: 0 images ...' without the file (own-data audit)."""
     import json
     root = tmp_path / "empty"
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_x.json").write_text(json.dumps(
         {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}))
-    with pytest.raises(DataError, match=r"leave no image: 0 images in the annotation files"):
+    with pytest.raises(DataError, match=r"instances_x\.json: no image listed \('images' is "
+                                         r"empty\)"):
         load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=False)
 
 

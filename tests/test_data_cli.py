@@ -312,3 +312,18 @@ def test_bench_counts_the_images_before_caching_them(root, tmp_path, capsys):
     assert code == 1 and out == "" and "Traceback" not in err
     assert "fewer than --batch-size 1000" in err and "caching" not in err
     assert not list((tmp_path / "c" / "data").glob("*.npz"))
+
+
+def test_info_on_another_category_does_not_promise_training(tmp_path, capsys):
+    """'info --category dog' said the cache was 'not built yet ... training builds it', and
+    --help called the category the one 'to segment': training uses person only (own-data
+    audit, 2026-11-28)."""
+    r = tmp_path / "data"
+    make_coco_dir(r, [FakeImage(dogs=[(0, 0, 32, 30)]) for _ in range(12)])
+    code, out, err = _run(["info", "--data", str(r), "--category", "Dog", "--cache-dir",
+                           str(tmp_path / "c")], capsys)
+    assert code == 0 and "training uses the person category only" in out + err
+    assert "training builds it" not in out + err
+    with pytest.raises(SystemExit):
+        main(["info", "--help"])
+    assert "train and evaluate use person only" in " ".join(capsys.readouterr().out.split())

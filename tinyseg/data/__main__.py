@@ -115,7 +115,9 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
                         "no crowd (the original write-up); wide = 1-2 persons covering "
                         "5-90 %%; all = every image with the category (default: %(default)s)")
     g.add_argument("--category", default=None,
-                   help="COCO category name to segment (default: person)")
+                   help="COCO category name to inspect, matched without regard to case "
+                        "(default: person; train and evaluate use person only: to train "
+                        "another class, name it 'person' in the annotation file)")
     g.add_argument("--min-persons", type=_positive, default=None, metavar="N",
                    help="fewest instances of the category (default: preset's, 1)")
     g.add_argument("--max-persons", type=_count_or_none, default=_UNSET, metavar="N",
@@ -313,8 +315,10 @@ def _cache_lines(sel, cache_dir: Path, size: Optional[int]) -> List[str]:
         state = "built" if len(built) == 3 else ("partly built" if built else "not built yet")
         lines.append(f"cache at {s}px: {state} ({where})")
     if not lines:
+        builds = ("training builds it" if sel.filters.category == "person" else
+                  "built by 'show' or 'bench'; training uses the person category only")
         lines.append(f"cache: not built yet for these filters (in {cache_dir / 'data'}; "
-                     "training builds it)")
+                     f"{builds})")
     return lines
 
 

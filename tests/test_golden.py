@@ -211,3 +211,21 @@ def test_tiramisu_training_step(golden, memory_efficient):
     assert after
     for name, v in after.items():
         close(state[name], v, TOL64, name)
+
+
+def test_the_saved_file_is_what_its_script_writes(torch):
+    """Where PyTorch is installed (CI), the script's arrays today are the saved ones, bit for
+    bit: the file cannot drift from the code that is said to make it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_pytorch_outputs",
+                                                  GOLDEN.with_name("make_pytorch_outputs.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with np.load(GOLDEN) as f:
+        saved = {k: f[k] for k in f.files}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # as the script runs: sums in one order
+    try:
+        assert script.same(saved, script.build())
+    finally:
+        torch.set_num_threads(threads)

@@ -75,14 +75,14 @@ def data_dir(text: str) -> str:
 
 @contextlib.contextmanager
 def plain_warnings(prog: str) -> Iterator[None]:
-    """Within the block, tinyseg's own warnings (``BadImageWarning``: images skipped) print
-    as ``<prog>: warning: <message>``, not as Python's ``file:line: Category`` with a source
-    line; other warnings keep Python's format."""
-    from .data.errors import BadImageWarning
+    """Within the block, tinyseg's own warnings (``DataWarning``: images skipped,
+    degenerate annotations) print as ``<prog>: warning: <message>``, not as Python's
+    ``file:line: Category`` with a source line; other warnings keep Python's format."""
+    from .data.errors import DataWarning
     old = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, BadImageWarning):
+        if issubclass(category, DataWarning):
             print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
         else:
             old(message, category, filename, lineno, file, line)

@@ -28,13 +28,13 @@ from .cache import Dataset, default_cache_dir, load_split, select
 from .coco import (FILTER_PRESETS, SPLITS, FilterConfig, filter_images, load_coco,
                    resolve_data_root, split_of, union_mask)
 from .download import DownloadError  # the function: tinyseg.data.download.download
-from .errors import BadImageWarning, DataError
+from .errors import BadAnnotationWarning, BadImageWarning, DataError, DataWarning
 from .images import PAD_RGB, RESIZE_POLICY, letterbox, read_image, unletterbox
 
 __all__ = [
     "AugmentConfig", "augment", "batches", "normalize", "Dataset", "default_cache_dir",
     "load_split", "select", "FILTER_PRESETS", "SPLITS", "FilterConfig", "filter_images",
     "load_coco", "resolve_data_root", "split_of", "union_mask", "DownloadError",
-    "BadImageWarning", "DataError", "PAD_RGB", "RESIZE_POLICY", "letterbox", "read_image",
+    "BadAnnotationWarning", "BadImageWarning", "DataError", "DataWarning", "PAD_RGB", "RESIZE_POLICY", "letterbox", "read_image",
     "unletterbox",
 ]

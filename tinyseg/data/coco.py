@@ -46,7 +46,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .errors import DataError, list_some
+from .errors import BadAnnotationWarning, DataError, list_some
 
 PathLike = Union[str, os.PathLike]
 
@@ -337,6 +337,7 @@ def check_coco(data, path: PathLike, category: Optional[str] = None) -> None:
                if category is None or same_category(c["name"], category)}
     sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
     ann_ids = set()
+    degenerate: Dict[str, List[str]] = {}
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             raise _fail(path, f"annotations[{i}] is not an object")
@@ -353,10 +354,24 @@ def check_coco(data, path: PathLike, category: Optional[str] = None) -> None:
             raise _fail(path, f"annotation {ann['id']} refers to image {ann['image_id']}, "
                               "which is not in 'images'")
         if ann["category_id"] in checked:
-            _check_segmentation(ann, sizes[ann["image_id"]], path)
+            problem = _check_segmentation(ann, sizes[ann["image_id"]], path)
+            if problem:
+                degenerate.setdefault(problem, []).append(
+                    f"annotation {ann['id']} (image {ann['image_id']})")
+    for problem, where in degenerate.items():    # said, not refused: official COCO may
+        warnings.warn(BadAnnotationWarning(       # hold a few such annotations
+            f"{path}: {len(where)} annotation(s) {problem}: {list_some(where, 5)}"),
+            stacklevel=2)
 
 
-def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> None:
+_NO_OUTLINE = ("have no polygon of 3 or more points (bounding boxes only?): they count as "
+               "persons but add no pixel to the masks")
+_ODD = "have a polygon with an odd count of numbers: its last number is ignored"
+
+
+def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> Optional[str]:
+    """Raise ``DataError`` for a segmentation that cannot be read; return a warning's text
+    (``_NO_OUTLINE``, ``_ODD``) for one that can be read but is degenerate, else None."""
     seg = ann.get("segmentation")
     where = f"annotation {ann['id']} (image {ann['image_id']})"
     if isinstance(seg, list):
@@ -366,15 +381,11 @@ def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> None:
                     for v in poly):
                 raise _fail(path, f"{where}: a polygon must be a list of finite numbers "
                                   "[x0, y0, x1, y1, ...]")
-            if len(poly) % 2:        # its last x would have been dropped without a word
-                raise _fail(path, f"{where}: a polygon has {len(poly)} numbers; it needs x, y "
-                                  f"pairs (an even count)")
-        if not any(len(poly) >= 6 for poly in seg):   # the person would be background
-            raise _fail(path, f"{where}: no polygon of 3 or more points "
-                              f"({[len(p) // 2 for p in seg]} points); a bounding box alone "
-                              f"cannot teach segmentation: give the person's outline, or "
-                              f"leave the annotation out")
-        return
+        if not any(len(poly) >= 6 for poly in seg):   # the person is background
+            return _NO_OUTLINE
+        if any(len(poly) % 2 for poly in seg):        # pycocotools drops the last number
+            return _ODD
+        return None
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if not isinstance(seg["size"], list) or seg["size"] != [size[0], size[1]]:
             raise _fail(path, f"{where}: RLE size {seg['size']} differs from the image's "
@@ -391,7 +402,7 @@ def _check_segmentation(ann: dict, size: Tuple[int, int], path: Path) -> None:
         if sum(runs) != size[0] * size[1]:
             raise _fail(path, f"{where}: RLE runs add up to {sum(runs)} pixels, expected "
                               f"{size[0]} x {size[1]} = {size[0] * size[1]}")
-        return
+        return None
     if seg is None:
         raise _fail(path, f"{where}: no 'segmentation' (bounding boxes only?); a person "
                           f"needs an outline (polygons) or an RLE mask")

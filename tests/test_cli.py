@@ -275,3 +275,29 @@ def test_python_m_tinyseg_lists_every_command(capsys):
     assert main() == 0
     out = capsys.readouterr().out
     assert all(f"  {name}  " in out or f"  {name} " in out for name in have)
+
+
+def test_a_lock_being_written_is_not_taken_for_stale(tmp_path):
+    """Where hard links are refused the lock exists empty for a moment; a second process
+    reading it then took it for stale, deleted it and trained the same run (review,
+    2026-11-28). An empty lock is read again before it counts as ownerless."""
+    import subprocess
+    import sys
+    import threading
+    from tinyseg.io import FolderBusy, LOCK_NAME, folder_lock
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / LOCK_NAME
+    lock.write_text("")                                   # created, not yet written
+    writer = threading.Timer(0.3, lambda: lock.write_text(f"{other.pid}\n"))
+    writer.start()
+    try:
+        with pytest.raises(FolderBusy, match=f"process {other.pid} is training this run"):
+            with folder_lock(run):
+                pass
+    finally:
+        writer.join()
+        other.kill()
+        other.wait()
+    assert lock.read_text() == f"{other.pid}\n"          # the other's lock left in place

@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple, Union
@@ -145,17 +146,30 @@ def _link_or_create(tmp: str, path: Path) -> None:
 
     A hard link does it in one step.  File systems without hard links (FAT and exFAT
     drives, some network shares) refuse it with another ``OSError``; there the lock is
-    created exclusively and written at once, which leaves a moment in which another process
-    could read it empty (and take it for stale) instead of no moment at all.
+    created exclusively and written at once, which leaves a moment in which it is empty:
+    ``_settled_owner`` waits that moment out before calling a lock stale.
     """
     try:
         os.link(tmp, path)
     except FileExistsError:
         raise
     except OSError:
+        content = Path(tmp).read_bytes()          # read first: the empty moment stays short
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(Path(tmp).read_text())
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+
+
+def _settled_owner(path: Path, wait: float = 0.2, tries: int = 10) -> Optional[int]:
+    """The lock's owner; an empty or unreadable lock is read again for up to ``wait`` x
+    ``tries`` seconds (its owner may be writing it, where hard links are refused) before
+    it counts as ownerless."""
+    for _ in range(tries):
+        owner = _lock_owner(path)
+        if owner is not None or not path.exists():
+            return owner
+        time.sleep(wait)
+    return None
 
 
 @contextmanager
@@ -181,7 +195,7 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
             try:
                 _link_or_create(tmp, path)
             except FileExistsError:
-                owner = _lock_owner(path)
+                owner = _settled_owner(path)
                 if owner is not None and owner != os.getpid() and _alive(owner):
                     raise FolderBusy(f"{folder}: process {owner} is training this run; wait "
                                      f"for it or stop it (if no such process is running, "

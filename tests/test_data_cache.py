@@ -259,6 +259,32 @@ def test_a_skipped_image_put_right_in_place_or_in_a_sub_folder_rebuilds_the_cach
     assert image_id in everything(tmp_path / "c2")
 
 
+def test_an_image_arriving_during_the_build_is_taken_in_by_the_next_load(root, tmp_path,
+                                                                         monkeypatch):
+    """The read-back right after a build compared the skipped images' stamps too: an image
+    that arrived meanwhile (a download still running) made it 'the cache just written
+    cannot be read back' (review, 2026-11-28)."""
+    path = sorted((root / "train2017").iterdir())[0]
+    image_id, aside = int(path.stem), tmp_path / path.name
+    path.rename(aside)
+    real = cache_mod.build_cache
+
+    def build_then_arrive(*a, **k):
+        out = real(*a, **k)
+        if aside.exists():
+            aside.rename(path)
+        return out
+    monkeypatch.setattr(cache_mod, "build_cache", build_then_arrive)
+    cache = tmp_path / "c"
+    with pytest.warns(BadImageWarning, match="file not found"):
+        first = [load_split(root, s, 16, cache_dir=cache, progress=False).ids.tolist()
+                 for s in ("train", "val", "test")]
+    assert not any(image_id in ids for ids in first) and path.exists()
+    again = [load_split(root, s, 16, cache_dir=cache, progress=False).ids.tolist()
+             for s in ("train", "val", "test")]
+    assert any(image_id in ids for ids in again)
+
+
 def test_nothing_is_written_in_the_data_root(root, tmp_path):
     before = _listing(root)
     load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=False)

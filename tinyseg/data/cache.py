@@ -382,7 +382,7 @@ def well_formed(arrays: dict, meta, size: int) -> bool:
         return False
 
 
-def _read_cache(path: Path, key: str, size: int) -> Optional[dict]:
+def _read_cache(path: Path, key: str, size: int, check_skipped: bool = True) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
@@ -394,7 +394,7 @@ def _read_cache(path: Path, key: str, size: int) -> Optional[dict]:
     if not isinstance(meta, dict) or meta.get("key") != key \
             or meta.get("version") != CACHE_VERSION or not well_formed(arrays, meta, size):
         return None
-    if _skipped_changed(meta.get("skipped", [])):
+    if check_skipped and _skipped_changed(meta.get("skipped", [])):
         return None     # a skipped image was put right since: build again, with it
     arrays["meta"] = meta
     return arrays
@@ -446,7 +446,9 @@ def load_split(root: Optional[PathLike], split: str, size: int,
             key = cache_key(sel, size)
             path = cache_path(cache_dir, sel.root, size, key, split)
             build_cache(sel, size, cache_dir, progress=progress, key=key)
-        arrays = _read_cache(path, key, size)
+        # just built: a skipped image that appeared during the build (a download still
+        # running) is taken in by the next load, not reported as an unreadable cache
+        arrays = _read_cache(path, key, size, check_skipped=False)
         if arrays is None:
             raise DataError(f"{path}: the cache just written cannot be read back")
     meta = arrays["meta"]

@@ -213,3 +213,20 @@ def test_bootstrap_of_nothing_to_measure_and_bad_counts():
     for draws in (0, 2.5, True):
         with pytest.raises(ValueError, match="draws must be a positive integer"):
             bootstrap_iou([1], [2], draws)
+
+
+def test_bootstrap_in_blocks_gives_the_draws_of_one_big_draw_and_one_model_per_range():
+    """The draws are made in blocks (10,000 × N indices at once took ~150 KB per image:
+    a gigabyte for a large test split) and give the same numbers as one big draw;
+    bootstrap_range takes one model's counts only (K models were pooled into one range:
+    review, 2026-11-28)."""
+    from tinyseg.metrics import bootstrap_iou, bootstrap_range
+    r = np.random.default_rng(3)
+    n = 1200                                     # several blocks of draws
+    union = r.integers(50, 500, n)
+    inter = (union * r.random(n)).astype(np.int64)
+    picks = np.random.default_rng(0).integers(0, n, size=(5000, n))
+    one_draw = inter[picks].sum(axis=1) / union[picks].sum(axis=1)
+    np.testing.assert_array_equal(bootstrap_iou(inter, union, 5000), one_draw)
+    with pytest.raises(ValueError, match=r"one model's counts, shape \(N,\)"):
+        bootstrap_range([[9, 9, 9], [1, 1, 1]], [[10] * 3] * 2)

@@ -182,9 +182,15 @@ def bootstrap_iou(inter, union, draws: int = 10000,
         raise ValueError(f"bootstrap_iou: draws must be a positive integer, got {draws!r}")
     rng = np.random.default_rng(0) if rng is None else rng
     n = inter.shape[-1]
-    picks = rng.integers(0, n, size=(int(draws), n))      # the same draws for every model
-    i = inter.astype(np.float64)[..., picks].sum(axis=-1)
-    u = union.astype(np.float64)[..., picks].sum(axis=-1)
+    inter, union = inter.astype(np.float64), union.astype(np.float64)
+    i = np.empty(inter.shape[:-1] + (int(draws),))
+    u = np.empty_like(i)
+    block = max(1, 5_000_000 // n)       # draws at a time: memory stays near 40 MB x 3
+    for start in range(0, int(draws), block):
+        rows = min(block, int(draws) - start)
+        picks = rng.integers(0, n, size=(rows, n))     # the same draws for every model
+        i[..., start:start + rows] = inter[..., picks].sum(axis=-1)
+        u[..., start:start + rows] = union[..., picks].sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(u > 0, i / np.where(u > 0, u, 1), np.nan)
 
@@ -200,6 +206,9 @@ def bootstrap_range(inter, union, level: float = 0.95, draws: int = 10000,
     """
     if not 0 < level < 1:
         raise ValueError(f"bootstrap_range: level must be between 0 and 1, got {level!r}")
+    if np.ndim(inter) != 1 or np.ndim(union) != 1:     # K models would be pooled into one
+        raise ValueError(f"bootstrap_range: expected one model's counts, shape (N,), got "
+                         f"{np.shape(inter)} and {np.shape(union)}")
     if len(inter) == 0:
         return None
     scores = bootstrap_iou(inter, union, draws, np.random.default_rng(seed))

@@ -171,16 +171,17 @@ def test_command_outputs(setup, tmp_path, capsys):
 def test_results_hold_the_counts_that_make_the_iou_and_its_bootstrap_range(setup, tmp_path,
                                                                           capsys):
     """Each image's intersection and union pool to the person IoU, and the bootstrap range
-    in results.json is ``bootstrap_range`` of those counts in the order listed: a reader can
-    recompute both from the file alone."""
+    in results.json is ``bootstrap_range`` of those counts in order of image id (as in
+    train's test.json): a reader can recompute both from the file alone."""
     from tinyseg.metrics import bootstrap_range
     root, cache, ckpt = setup
     args = ["--checkpoint", str(ckpt), "--data", str(root), "--cache", str(cache), "--split",
             "val", "--out", str(tmp_path / "ev"), "--filter", "default", "--worst", "0"]
     assert run_main(main, "tinyseg.evaluate", args + ["--json"]) == 0
     r = json.loads(capsys.readouterr().out)["filters"]["default"]
-    inter = np.array([p["intersection"] for p in r["per_image"]])
-    union = np.array([p["union"] for p in r["per_image"]])
+    by_id = sorted(r["per_image"], key=lambda p: p["id"])
+    inter = np.array([p["intersection"] for p in by_id])
+    union = np.array([p["union"] for p in by_id])
     assert inter.sum() / union.sum() == pytest.approx(r["person_iou"], abs=1e-12)
     b = r["person_iou_bootstrap"]
     assert b == bootstrap_range(inter, union)                 # redone from the file alone

@@ -534,9 +534,16 @@ def test_command_runs_and_resumes(data, tmp_path, capsys, monkeypatch):
     assert {"person_iou", "mean_iou", "pixel_accuracy"} <= set(tests["default"])
     d = tests["default"]       # the counts make the IoU, and the range is redone from them
     assert sum(d["intersection"]) / sum(d["union"]) == pytest.approx(d["person_iou"], abs=1e-12)
-    assert len(d["ids"]) == len(d["union"]) == d["images"]
+    assert len(d["ids"]) == len(d["union"]) == d["images"] and d["ids"] == sorted(d["ids"])
     from tinyseg.metrics import bootstrap_range
     assert d["person_iou_bootstrap"] == bootstrap_range(d["intersection"], d["union"])
+    from tinyseg.evaluate import main as evaluate   # the same range as evaluate gives
+    assert run_main(evaluate, "tinyseg.evaluate", [
+        "--checkpoint", str(out / "best.npz"), "--data", str(root), "--cache", str(cache),
+        "--filter", "default", "--worst", "0", "--out", str(tmp_path / "ev")]) == 0
+    capsys.readouterr()
+    ev = json.loads((tmp_path / "ev" / "results.json").read_text())["filters"]["default"]
+    assert ev["person_iou_bootstrap"] == d["person_iou_bootstrap"]
     # the same --out again is refused; --resume with more epochs goes on
     assert run_main(main, "tinyseg.train", args) == 1
     assert "already holds a run" in capsys.readouterr().err

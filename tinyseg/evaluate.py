@@ -9,7 +9,8 @@ original's filter and the wider one) it reports
 * **mean IoU** over the two classes (person and background), and **pixel accuracy**;
 * how far the person IoU would move on **other draws of the same number of images** like
   these: the range holding 95 % of 10,000 bootstrap draws (``tinyseg.metrics.bootstrap_range``
-  of each image's intersection and union, which ``results.json`` lists, so it can be redone);
+  of each image's intersection and union in order of image id, which ``results.json`` lists,
+  so it can be redone);
 * the **distribution of per-image IoU** (one IoU per image, then quantiles and a histogram):
   pooled IoU is dominated by large persons, the per-image view shows the small ones;
 * a picture of the **worst images** (image | truth | prediction), the original's failure
@@ -367,11 +368,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "missed": float(ev.missed[k]), "extra": float(ev.extra[k]),
                       "intersection": int(ev.intersection[k]), "union": int(ev.union[k]),
                       "brightness": float(light[k])} for k in range(n)]
+        by_id = sorted(per_image, key=lambda r: r["id"])
         per_image.sort(key=lambda r: (r["iou"] is None, r["iou"]))      # worst first
         entry = {"images": n, "filter": FILTER_PRESETS[name].to_dict(), **ev.summary(),
-                 # of the counts in the order listed below, so that anyone can redo it
+                 # the images in order of id, as train's test.json: the same draws for any
+                 # model scored on this split, and redone from the per_image list below
                  "person_iou_bootstrap": bootstrap_range(
-                     [r["intersection"] for r in per_image], [r["union"] for r in per_image]),
+                     [r["intersection"] for r in by_id], [r["union"] for r in by_id]),
                  "per_image": per_image}
         if args.worst > 0:
             zoom = max(1, 128 // size)

@@ -951,13 +951,15 @@ def test_report(checkpoint: Path, cfg: TrainConfig, cache_dir=None,
                                   info["std"])
         if not ev.finite:
             raise CheckpointError(f"{checkpoint}: {NonFiniteOutput()}")
+        order = np.argsort(ds.ids, kind="stable")         # by image id, as evaluate
+        inter, union = ev.intersection[order], ev.union[order]
         out[name] = {"images": len(ds), **ev.summary(),
                      # the counts that make the person IoU, and how far it moves on other
                      # draws of these images (as evaluate reports it; redone from this file
                      # with tinyseg.metrics.bootstrap_range)
-                     "person_iou_bootstrap": bootstrap_range(ev.intersection, ev.union),
-                     "ids": [int(i) for i in ds.ids],
-                     "intersection": ev.intersection.tolist(), "union": ev.union.tolist()}
+                     "person_iou_bootstrap": bootstrap_range(inter, union),
+                     "ids": [int(i) for i in np.asarray(ds.ids)[order]],
+                     "intersection": inter.tolist(), "union": union.tolist()}
     return out
 
 

@@ -268,15 +268,19 @@ def test_a_folder_stands_for_its_photos_but_not_for_this_commands_outputs(ckpt, 
     write_jpeg(photos / "b.jpg", 30, 20)
     write_jpeg(photos / "A.JPG", 20, 30, seed=1)
     write_jpeg(photos / "sub" / "c.jpg", 20, 20)
+    write_jpeg(photos / "face-mask.png", 20, 20, seed=2)   # a photo of one's own, no face.*
+    (photos / "._b.jpg").write_bytes(b"macOS resource fork")  # hidden: not a photo
     (photos / "notes.txt").write_text("not a photo")
     run = ["--checkpoint", str(ckpt), "-o", str(photos)]
     for _ in range(2):
         assert run_main(main, "tinyseg.cutout", [str(photos)] + run) == 0
         said = capsys.readouterr()
         names = [ln.split(" (")[0] for ln in said.out.splitlines()]
-        assert names == [str(photos / "A.JPG"), str(photos / "b.jpg")]
-    assert "left out 2 file(s) named like this command's outputs" in said.err
-    assert sorted(p.name for p in photos.glob("*.png")) == ["A-cutout.png", "b-cutout.png"]
+        assert names == [str(photos / "A.JPG"), str(photos / "b.jpg"),
+                         str(photos / "face-mask.png")]
+    assert "left out 3 earlier output(s) of this command" in said.err
+    assert sorted(p.name for p in photos.glob("*.png")) == [
+        "A-cutout.png", "b-cutout.png", "face-mask-cutout.png", "face-mask.png"]
     assert not (photos / "sub" / "c-cutout.png").exists()
     assert run_main(main, "tinyseg.cutout", [str(photos / "empty")] + run) == 1
     assert "empty: skipped: a folder with no photo in it" in capsys.readouterr().err

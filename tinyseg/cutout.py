@@ -151,16 +151,18 @@ def real_path(path) -> Path:
 
 #: Files a folder argument stands for (compared in lower case).
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-#: What this command writes: a folder's earlier outputs are not photos to cut out again.
-OWN_OUTPUT = re.compile(r"-(cutout|mask)(-\d+)?\.png$", re.IGNORECASE)
+#: What this command writes: ``<stem>-cutout.png``, ``<stem>-mask-2.png``, ...
+OWN_OUTPUT = re.compile(r"^(?P<stem>.+)-(cutout|mask)(-\d+)?\.png$", re.IGNORECASE)
 
 
 def expand_folders(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
     """Each folder among ``inputs`` replaced by its photos (not its sub-folders), by name;
     returns ``(photos, notes)``.  A folder's photos are its files with a ``PHOTO_SUFFIXES``
-    suffix, less the ``-cutout.png``/``-mask.png`` files this command wrote (so that ``photos/
-    -o photos/`` run twice does not cut out its own outputs).  A folder with no photo stays
-    in the list, to be reported as a failure like any unreadable input."""
+    suffix, less hidden files (``._x.jpg``, which macOS leaves on FAT drives) and less this
+    command's earlier outputs: ``X-cutout.png`` or ``X-mask.png`` beside a photo ``X.*`` (so
+    that ``photos/ -o photos/`` run twice does not cut out its own outputs, and a photo of
+    one's own called ``face-mask.png`` is still a photo).  A folder with no photo stays in
+    the list, to be reported as a failure like any unreadable input."""
     photos: List[str] = []
     notes: List[str] = []
     for inp in inputs:
@@ -169,17 +171,22 @@ def expand_folders(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
             photos.append(inp)
             continue
         try:
-            files = sorted(f for f in folder.iterdir()
-                           if f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
+            files = sorted(f for f in folder.iterdir() if not f.name.startswith(".")
+                           and f.suffix.lower() in PHOTO_SUFFIXES and f.is_file())
         except OSError as e:
             photos.append(inp)
             notes.append(f"{inp}: cannot list the folder ({e.strerror or e})")
             continue
-        own = [f for f in files if OWN_OUTPUT.search(f.name)]
-        files = [f for f in files if not OWN_OUTPUT.search(f.name)]
+        stems = {f.stem for f in files}
+
+        def earlier_output(f: Path) -> bool:       # X-cutout.png beside a file X.*
+            m = OWN_OUTPUT.match(f.name)
+            return m is not None and m.group("stem") in stems
+        own = [f for f in files if earlier_output(f)]
+        files = [f for f in files if not earlier_output(f)]
         if own:
-            notes.append(f"{inp}: left out {len(own)} file(s) named like this command's "
-                         f"outputs (*-cutout.png, *-mask.png)")
+            notes.append(f"{inp}: left out {len(own)} earlier output(s) of this command "
+                         f"(X-cutout.png, X-mask.png beside a photo X)")
         if files:
             photos.extend(str(f) for f in files)
         else:
@@ -229,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("photos", nargs="+", metavar="PHOTO",
       help="image files (JPEG, PNG, ...), or folders: each stands for the photos in it "
-           "(not in its sub-folders), less this command's own *-cutout.png/*-mask.png")
+           "(not in its sub-folders), less hidden files and this command's earlier "
+           "outputs (X-cutout.png, X-mask.png beside a photo X)")
     a("-o", "--out", metavar="DIR", default=".",
       help="output directory; files are named <photo name>-cutout.png (or -mask.png)")
     a("--checkpoint", metavar="FILE", default=None,

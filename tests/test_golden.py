@@ -215,9 +215,10 @@ def test_tiramisu_training_step(golden, memory_efficient):
 
 def test_the_saved_file_is_what_its_script_writes(torch):
     """Where PyTorch is installed (CI), the script's arrays today are the saved ones: the
-    file cannot drift from the code that is said to make it. Inputs (drawn by NumPy) and
-    integers must be equal; PyTorch's float64 outputs within 1e-12 of the largest value
-    (BLAS may sum in another order on another processor: review, 2026-11-28)."""
+    file cannot drift from the code that is said to make it. Integers must be equal, and
+    every float64 array within 1e-12 of its largest value: PyTorch's outputs may differ in
+    the last bits on another processor, where BLAS sums in another order (review,
+    2026-11-28)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("make_pytorch_outputs",
                                                   GOLDEN.with_name("make_pytorch_outputs.py"))

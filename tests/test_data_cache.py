@@ -285,6 +285,35 @@ def test_an_image_arriving_during_the_build_is_taken_in_by_the_next_load(root, t
     assert any(image_id in ids for ids in again)
 
 
+def test_data_may_name_one_coco_json_file_with_its_images_beside_it(tmp_path, capsys):
+    """Labelling tools export one JSON file with the images beside it (Roboflow's
+    train/_annotations.coco.json): '--data FILE' said 'is a file, not a data directory'.
+    Now the file is the annotations and its folder the root, for the data, train and
+    evaluate commands alike (own-data audit, 2026-11-28)."""
+    from tinyseg.cli import run_main
+    from tinyseg.data.fixture import coco_dict, paint
+    from tinyseg.train import main as train
+    folder = tmp_path / "export" / "train"
+    folder.mkdir(parents=True)
+    specs = [FakeImage(persons=[(8, 6, 40, 40)]) for _ in range(40)]
+    data = coco_dict(specs, 0)
+    rng = np.random.default_rng(0)
+    for spec, im in zip(specs, data["images"]):
+        Image.fromarray(paint(spec, rng)).save(folder / im["file_name"], quality=95)
+    path = folder / "_annotations.coco.json"
+    path.write_text(json.dumps(data))
+    ds = load_split(path, "train", 24, cache_dir=tmp_path / "c", progress=False)
+    assert len(ds) > 20 and ds.root == folder.resolve()
+    run = tmp_path / "run"
+    assert run_main(train, "tinyseg.train", [
+        "--preset", "tiny", "--data", str(path), "--cache", str(tmp_path / "c"), "--out",
+        str(run), "--epochs", "1", "--epoch-images", "8", "--quiet", "--no-test"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["data"] == str(path)
+    with pytest.raises(DataError, match="names an annotation file already"):
+        load_split(path, "train", 24, cache_dir=tmp_path / "c", progress=False,
+                   annotation_files=[path])
+
+
 def test_nothing_is_written_in_the_data_root(root, tmp_path):
     before = _listing(root)
     load_split(root, "train", 24, cache_dir=tmp_path / "c", progress=False)

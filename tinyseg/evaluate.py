@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="best.npz / last.npz of a run, or any tinyseg checkpoint (default: the bundled "
            "model, tinyseg/weights/person.npz)")
     a("--data", metavar="DIR", default=None, type=data_dir,
-      help="COCO data root (default: $TINYSEG_DATA)")
+      help="COCO data root, or one COCO .json file with its images beside it (default: "
+           "$TINYSEG_DATA)")
     a("--split", choices=list(SPLITS), default="test", help="which split to score")
     a("--filter", choices=list(FILTER_PRESETS), nargs="+", default=list(DEFAULT_FILTERS),
       help="image filter(s), each scored on its own: 'default' = the original's 1-2 "

@@ -70,7 +70,7 @@ from .data.augment import AugmentConfig, augment as augment_pair
 from .data.batches import normalize
 from .data.cache import load_split
 from .train_ensemble import MANIFEST as ENSEMBLE_MANIFEST, resume_ensemble, train_ensemble
-from .data.coco import FILTER_PRESETS, FilterConfig, resolve_data_root
+from .data.coco import FILTER_PRESETS, FilterConfig, data_source
 from .data.errors import DataError
 from .data.images import MAX_SIZE
 from .evaluate import evaluate_dataset
@@ -1012,7 +1012,8 @@ def build_parser() -> argparse.ArgumentParser:
         which.add_argument(f"--{name}", dest="preset", action="store_const", const=name,
                            help=f"same as --preset {name}")
     a("--data", metavar="DIR", default=None, type=data_dir,
-      help="COCO data root (annotations/*.json + images) (default: $TINYSEG_DATA)")
+      help="COCO data root (annotations/*.json + images), or one COCO .json file with its "
+           "images beside it (default: $TINYSEG_DATA)")
     a("--filter", choices=list(FILTER_PRESETS), default=None,
       help=f"which images to use: default = the original's (1-2 persons covering 20-70 %%), "
            f"wide = 1-2 persons covering 5-90 %%, all (default: the preset's: "
@@ -1241,7 +1242,8 @@ def _main(argv: Optional[Sequence[str]], lock) -> int:
                   f"{trainer.batch + 1} (of {trainer.cfg.epochs} epochs)", flush=True)
         else:
             cfg = _config_from_args(args)
-            cfg.data = str(resolve_data_root(args.data))  # --data, else $TINYSEG_DATA
+            root, files = data_source(args.data)    # --data, else $TINYSEG_DATA: a folder
+            cfg.data = str(files[0] if files else root)     # or one COCO .json file
             if cfg.init:
                 cfg.init = str(Path(cfg.init).resolve())
             out = Path(args.out) if args.out else \

@@ -27,7 +27,7 @@ from .batches import batches
 from .cache import (ENV_CACHE, cache_key, cache_path, default_cache_dir, load_split,
                     prepare_sample, read_record_image, select)
 from .coco import (ENV_DATA, FILTER_PRESETS, SPLITS, FilterConfig, filter_images, load_coco,
-                   resolve_data_root, split_of)
+                   data_source, split_of)
 from .download import (ANNOTATIONS_URL, DEFAULT_SETS, ENV_ANNOTATIONS_URL, ENV_IMAGES_URL,
                        download)
 from .errors import DataError
@@ -138,8 +138,8 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
 def _data_flags(p: argparse.ArgumentParser, size_default: Optional[int] = 224) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, metavar="DIR", type=data_dir,
-                   help=f"COCO directory: annotations/*.json and the images they list "
-                        f"(default: ${ENV_DATA})")
+                   help=f"COCO directory: annotations/*.json and the images they list, or "
+                        f"one COCO .json file with its images beside it (default: ${ENV_DATA})")
     g.add_argument("--annotations", nargs="+", default=None, metavar="FILE",
                    help="annotation file(s) to read, relative to DIR/annotations or paths "
                         "(default: every annotations/instances_*.json, else every "
@@ -336,8 +336,8 @@ def cmd_show(args, filters: FilterConfig) -> int:
         raise DataError(f"--n {args.n} tiles of --size {args.size} would make a picture of "
                         f"{pixels / 1e6:,.0f} megapixels; at most "
                         f"{MAX_SHEET_PIXELS / 1e6:.0f}: give a smaller --size or --n")
-    root = resolve_data_root(args.data)
-    data = load_coco(root, filters.category, args.annotations, args.images)
+    root, files = data_source(args.data, args.annotations)
+    data = load_coco(root, filters.category, files, args.images)
     result = filter_images(data, filters, require_nonempty=not args.rejected)
     rng = np.random.default_rng(args.seed)
     if args.rejected:

@@ -56,8 +56,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..io import atomic_save_npz, atomic_write_bytes
-from .coco import (SPLIT_BOUNDS, SPLITS, CocoData, FilterConfig, FilterResult, ImageRecord, filter_images,
-                   find_annotation_files, load_coco, resolve_data_root, split_of)
+from .coco import (SPLIT_BOUNDS, SPLITS, CocoData, FilterConfig, FilterResult, ImageRecord,
+                   data_source, filter_images, find_annotation_files, load_coco, split_of)
 from .errors import BadImageWarning, DataError, list_some
 from .images import MAX_SIZE, RESIZE_POLICY, BadImage, letterbox, read_image
 from .progress import Progress
@@ -206,8 +206,9 @@ def select(root: Optional[PathLike], filters: FilterConfig = FilterConfig(),
            cache_dir: Optional[PathLike] = None, *,
            annotation_files: Optional[Sequence[PathLike]] = None,
            images_dir: Optional[PathLike] = None, use_index: bool = True) -> Selection:
-    """Filter the data root's images (or read the remembered outcome); ``DataError`` if none."""
-    root = resolve_data_root(root)
+    """Filter the data root's images (or read the remembered outcome); ``DataError`` if none.
+    ``root`` may also name one COCO ``.json`` file (``data_source``)."""
+    root, annotation_files = data_source(root, annotation_files)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     sources = _sources(root, annotation_files, images_dir)
     index = Path(cache_dir) / "data" / (

@@ -74,7 +74,7 @@ def resolve_data_root(arg: Optional[PathLike] = None) -> Path:
     root = Path(arg).expanduser()
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: is a file, not a data directory (expected a COCO directory "
-                        f"with annotations/*.json and its images)")
+                        f"with annotations/*.json and its images, or one COCO .json file)")
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found (expected a COCO directory with "
                         "annotations/*.json and its images)")
@@ -82,6 +82,25 @@ def resolve_data_root(arg: Optional[PathLike] = None) -> Path:
         raise DataError(f"{root}: no 'annotations' folder (expected annotations/*.json in "
                         "COCO instances format, e.g. instances_train2017.json)")
     return root.resolve()
+
+
+def data_source(arg: Optional[PathLike] = None,
+                annotation_files: Optional[Sequence[PathLike]] = None
+                ) -> Tuple[Path, Optional[List[Path]]]:
+    """``(root, annotation_files)`` for ``--data``, which names a COCO folder (see
+    ``resolve_data_root``) or one COCO instances ``.json`` file, as labelling tools export
+    it: then the root is the file's folder, the file is the only annotation file, and the
+    images are looked for as for any annotation file (``image_dir_candidates``: beside it,
+    in ``images/``, ...)."""
+    raw = arg if arg not in (None, "") else os.environ.get(ENV_DATA, "")
+    path = Path(raw).expanduser() if raw else None
+    if path is not None and path.is_file() and path.suffix.lower() == ".json":
+        if annotation_files:
+            raise DataError(f"{path}: --data names an annotation file already; leave out "
+                            f"--annotations, or give --data its folder")
+        return path.parent.resolve(), [path.resolve()]
+    return resolve_data_root(arg), (list(map(Path, annotation_files))
+                                    if annotation_files else None)
 
 
 def find_annotation_files(root: PathLike) -> List[Path]:

@@ -1,5 +1,8 @@
 """tinyseg.cli.run_main: the commands' exit codes and one-line errors."""
+import contextlib
 import os
+import subprocess
+import sys
 import errno
 
 import numpy as np
@@ -229,14 +232,29 @@ def test_the_run_lock_appears_with_its_owner_in_it(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()      # made for the lock, empty again: removed
 
 
+@contextlib.contextmanager
+def _a_live_process():
+    """The pid of a process that exists for the length of the block: a lock's live owner."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _refused_for(run, pid):
+    from tinyseg.io import FolderBusy, folder_lock
+    with pytest.raises(FolderBusy, match=f"process {pid} is training this run"):
+        with folder_lock(run):
+            pass
+
+
 def test_the_run_lock_works_where_hard_links_are_refused(tmp_path, monkeypatch):
     """On a file system without hard links (FAT, exFAT, some network shares) os.link raises
     PermissionError or OSError(ENOTSUP): no run could be trained there. The lock is then
     created exclusively, still with its owner in it, and still refuses a live owner."""
-    import errno
-    import subprocess
-    import sys
-    from tinyseg.io import FolderBusy, LOCK_NAME, folder_lock
+    from tinyseg.io import LOCK_NAME, folder_lock
 
     def no_links(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted", dst)
@@ -246,16 +264,10 @@ def test_the_run_lock_works_where_hard_links_are_refused(tmp_path, monkeypatch):
         assert path.name == LOCK_NAME and path.read_text() == f"{os.getpid()}\n"
         assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]     # no temporary left
     assert not run.exists()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
+    with _a_live_process() as pid:
         run.mkdir()
-        (run / LOCK_NAME).write_text(f"{other.pid}\n")
-        with pytest.raises(FolderBusy, match=f"process {other.pid} is training this run"):
-            with folder_lock(run):
-                pass
-    finally:
-        other.kill()
-        other.wait()
+        (run / LOCK_NAME).write_text(f"{pid}\n")
+        _refused_for(run, pid)
     with folder_lock(run) as path:           # its owner gone: a stale lock, taken over
         assert path.read_text() == f"{os.getpid()}\n"
 
@@ -281,23 +293,17 @@ def test_a_lock_being_written_is_not_taken_for_stale(tmp_path):
     """Where hard links are refused the lock exists empty for a moment; a second process
     reading it then took it for stale, deleted it and trained the same run (review,
     2026-11-28). An empty lock is read again before it counts as ownerless."""
-    import subprocess
-    import sys
     import threading
-    from tinyseg.io import FolderBusy, LOCK_NAME, folder_lock
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    from tinyseg.io import LOCK_NAME, folder_lock
     run = tmp_path / "run"
     run.mkdir()
     lock = run / LOCK_NAME
-    lock.write_text("")                                   # created, not yet written
-    writer = threading.Timer(0.3, lambda: lock.write_text(f"{other.pid}\n"))
-    writer.start()
-    try:
-        with pytest.raises(FolderBusy, match=f"process {other.pid} is training this run"):
-            with folder_lock(run):
-                pass
-    finally:
-        writer.join()
-        other.kill()
-        other.wait()
-    assert lock.read_text() == f"{other.pid}\n"          # the other's lock left in place
+    with _a_live_process() as pid:
+        lock.write_text("")                               # created, not yet written
+        writer = threading.Timer(0.3, lambda: lock.write_text(f"{pid}\n"))
+        writer.start()
+        try:
+            _refused_for(run, pid)
+        finally:
+            writer.join()
+        assert lock.read_text() == f"{pid}\n"            # the other's lock left in place

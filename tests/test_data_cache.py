@@ -309,9 +309,21 @@ def test_data_may_name_one_coco_json_file_with_its_images_beside_it(tmp_path, ca
         "--preset", "tiny", "--data", str(path), "--cache", str(tmp_path / "c"), "--out",
         str(run), "--epochs", "1", "--epoch-images", "8", "--quiet", "--no-test"]) == 0
     assert json.loads((run / "config.json").read_text())["train"]["data"] == str(path)
-    with pytest.raises(DataError, match="names an annotation file already"):
+    with pytest.raises(DataError, match="--data names an annotation file already"):
         load_split(path, "train", 24, cache_dir=tmp_path / "c", progress=False,
                    annotation_files=[path])
+    with pytest.raises(DataError, match=r"annotation file not found \(--data names a \.json"):
+        load_split(folder / "typo.json", "train", 24, cache_dir=tmp_path / "c")
+    # evaluate, and info --check-images once the index is cached (it looked for annotations/)
+    from tinyseg.data.__main__ import main as data_cli
+    from tinyseg.evaluate import main as evaluate
+    assert run_main(evaluate, "tinyseg.evaluate", [
+        "--checkpoint", str(run / "best.npz"), "--data", str(path), "--cache",
+        str(tmp_path / "c"), "--worst", "0", "--out", str(tmp_path / "ev")]) == 0
+    for _ in range(2):
+        assert data_cli(["info", "--data", str(path), "--cache-dir", str(tmp_path / "c"),
+                         "--check-images"]) == 0
+        assert "unreadable: 0" in capsys.readouterr().out
 
 
 def test_nothing_is_written_in_the_data_root(root, tmp_path):

@@ -278,7 +278,9 @@ def cmd_info(args, filters: FilterConfig) -> int:
     for line in _cache_lines(sel, cache_dir, args.size):
         _say(line)
     if args.check_images:
-        data = sel.data or load_coco(sel.root, filters.category, args.annotations, args.images)
+        data = sel.data or load_coco(sel.root, filters.category,   # the files select used
+                                     [f[0] for f in sel.sources["files"]],
+                                     sel.sources["images_dir"])
         bad = []
         for i in sel.all_ids:
             try:

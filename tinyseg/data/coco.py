@@ -92,12 +92,16 @@ def data_source(arg: Optional[PathLike] = None,
     it: then the root is the file's folder, the file is the only annotation file, and the
     images are looked for as for any annotation file (``image_dir_candidates``: beside it,
     in ``images/``, ...)."""
-    raw = arg if arg not in (None, "") else os.environ.get(ENV_DATA, "")
+    given = arg not in (None, "")
+    raw = arg if given else os.environ.get(ENV_DATA, "")
     path = Path(raw).expanduser() if raw else None
-    if path is not None and path.is_file() and path.suffix.lower() == ".json":
+    flag = "--data" if given else f"${ENV_DATA}"
+    if path is not None and path.suffix.lower() == ".json" and not path.is_dir():
+        if not path.is_file():
+            raise DataError(f"{path}: annotation file not found ({flag} names a .json file)")
         if annotation_files:
-            raise DataError(f"{path}: --data names an annotation file already; leave out "
-                            f"--annotations, or give --data its folder")
+            raise DataError(f"{path}: {flag} names an annotation file already; leave out "
+                            f"--annotations, or give {flag} its folder")
         return path.parent.resolve(), [path.resolve()]
     return resolve_data_root(arg), (list(map(Path, annotation_files))
                                     if annotation_files else None)

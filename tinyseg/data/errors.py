@@ -6,8 +6,9 @@
 * ``BadImageWarning``: some images could not be read and were skipped.  Work goes on with
   the others; the warning lists them.
 * ``BadAnnotationWarning``: some annotations give no mask pixel (no polygon of 3 or more
-  points: bounding-box-only exports) or have an odd count of numbers.  Both are ``DataWarning``s,
-  which the commands print as one line.
+  points: bounding-box-only exports) or have an odd count of numbers; said when the
+  annotations are read (a command that finds the selection cached does not read them).
+  Both are ``DataWarning``s, which the commands print as one line.
 """
 from __future__ import annotations
 

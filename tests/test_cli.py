@@ -307,3 +307,24 @@ def test_a_lock_being_written_is_not_taken_for_stale(tmp_path):
         finally:
             writer.join()
         assert lock.read_text() == f"{pid}\n"            # the other's lock left in place
+
+
+def test_a_stale_lock_taken_over_meanwhile_is_not_removed(tmp_path, monkeypatch):
+    """Two processes that both found a dead owner's lock: the second removed the lock the
+    first had just put in its place, and both trained (review, 2026-11-28). The lock is
+    removed only if it still names the dead owner."""
+    import tinyseg.io as io_mod
+    from tinyseg.io import LOCK_NAME
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / LOCK_NAME
+    with _a_live_process() as pid:
+        lock.write_text(f"{pid}\n")                       # the newcomer's, already in place
+        calls = []
+
+        def saw_the_dead_owner(path, *a, **k):     # the first read: a moment before, dead
+            calls.append(path)
+            return 2 ** 22 + 12345 if len(calls) == 1 else io_mod._lock_owner(path)
+        monkeypatch.setattr(io_mod, "_settled_owner", saw_the_dead_owner)
+        _refused_for(run, pid)
+        assert lock.read_text() == f"{pid}\n"

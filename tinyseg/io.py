@@ -200,7 +200,8 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
                     raise FolderBusy(f"{folder}: process {owner} is training this run; wait "
                                      f"for it or stop it (if no such process is running, "
                                      f"delete {path})") from None
-                path.unlink(missing_ok=True)      # its process is gone: a stale lock
+                if _lock_owner(path) == owner:    # still the stale one, not a newcomer's
+                    path.unlink(missing_ok=True)  # its process is gone: a stale lock
                 continue
             break
         else:
